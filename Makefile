@@ -1,0 +1,28 @@
+# Every target sets itself up: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Nothing is fetched from a model hub at run time: the demo and tests use the embedded default.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup demo test lint clean-cache
+
+setup: $(STAMP)
+
+# torch is pinned first so that pip takes the CPU build on disk instead of the CUDA wheels.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(OFFLINE) $(BIN)/tunelab demo
+
+test: setup
+	$(OFFLINE) $(BIN)/pytest -m "not gpu"
+
+clean-cache:
+	rm -rf $${TUNELAB_CACHE:-$$HOME/.cache/tunelab}

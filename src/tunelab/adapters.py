@@ -1,0 +1,70 @@
+"""The PEFT config for each method (None for full fine-tuning), and the checks that a method fits a model.
+
+- lora: low-rank updates B @ A on the chosen linear layers, scaled by alpha / r (Hu et al., 2021).
+- qlora: LoRA on a base model frozen in 4-bit NF4 with double quantization (Dettmers et al., 2023).
+- prefix: trained key/value vectors prepended in every attention layer (Li & Liang, 2021).
+- prompt: trained embeddings of virtual tokens prepended to the input (Lester et al., 2021).
+- ptuning: virtual-token embeddings produced by a small trained MLP encoder (Liu et al., 2021).
+- full: every weight is trained; the run saves a whole model.
+"""
+
+from __future__ import annotations
+
+from peft import (LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig,
+                  PromptTuningInit, TaskType)
+
+from tunelab.config import Recipe
+from tunelab.errors import UserError
+
+PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
+
+
+def check_method(recipe: Recipe) -> None:
+    """Method/model combinations that cannot work, caught before any weight is loaded."""
+    method, model = recipe.adapter.method, recipe.model
+    if method == "qlora" and model.quantization is None:
+        model.quantization = "nf4"
+    if model.quantization and method not in ("qlora", "lora"):
+        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} cannot train a 4-bit model "
+                        f"(model.quantization={model.quantization}); use qlora")
+    if model.scratch is not None and method != "full":
+        raise UserError(f"{recipe.origin('adapter.method')}: a model built from scratch (model.scratch) has no "
+                        f"pretrained weights to adapt; use adapter.method=full")
+    if recipe.recipe.endswith(".pretrain") and method in PROMPT_LEARNING:
+        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} does not fit pretraining; "
+                        f"use full or lora")
+    if recipe.adapter.r < 1 or recipe.adapter.num_virtual_tokens < 1:
+        raise UserError(f"{recipe.origin('adapter')}: adapter.r and adapter.num_virtual_tokens must be >= 1")
+
+
+def check_model_fits(recipe: Recipe, model) -> None:
+    """Checks that need the loaded model's config."""
+    config = model.config
+    if recipe.adapter.method in PROMPT_LEARNING and getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"{recipe.origin('adapter.method')}: {recipe.adapter.method} is set up here for "
+                        f"decoder-only models; {config.model_type} is encoder-decoder")
+    if recipe.adapter.method in ("lora", "qlora") and isinstance(recipe.adapter.target_modules, list):
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [m for m in recipe.adapter.target_modules if m not in names]
+        if missing:
+            raise UserError(f"{recipe.origin('adapter.target_modules')}: {config.model_type} has no module named "
+                            f"{missing[0]!r} (it has e.g. {', '.join(sorted(n for n in names if 'proj' in n)[:8])})")
+
+
+def peft_config(recipe: Recipe, tokenizer_name: str):
+    a = recipe.adapter
+    if a.method == "full":
+        return None
+    if a.method in ("lora", "qlora"):
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
+                          target_modules=a.target_modules)
+    if a.method == "prefix":
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
+    if a.method == "prompt":
+        if a.prompt_init_text:
+            return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
+                                      prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=a.prompt_init_text,
+                                      tokenizer_name_or_path=tokenizer_name)
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
+    return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
+                               encoder_hidden_size=a.encoder_hidden_size)

@@ -1,0 +1,84 @@
+"""`tunelab train|eval|generate|merge|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tunelab.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune and evaluate transformers with recipes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run a recipe")
+    t.add_argument("recipe", help="recipe YAML file, e.g. recipes/qwen2/sft_lora.yaml")
+    t.add_argument("overrides", nargs="*", help="key.sub=value edits, e.g. adapter.r=32 train.max_steps=3")
+    t.add_argument("--output-dir", help="run directory (default: runs/<recipe name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    e = sub.add_parser("eval", help="evaluate a run (and with --baseline, its base model)")
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="eval on this file or builtin:NAME instead of the run's eval split")
+    e.add_argument("--format", help="format of --data (default: the recipe's data.format)")
+    e.add_argument("--baseline", action="store_true", help="also score the base model and show the difference")
+    e.add_argument("--max-samples", type=int, help="evaluate at most this many records")
+
+    g = sub.add_parser("generate", help="generate with a run's model and its chat template")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", help="one user message (or raw text with --raw)")
+    g.add_argument("--chat", action="store_true", help="interactive multi-turn chat on stdin")
+    g.add_argument("--system", help="system message")
+    g.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+
+    m = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
+    m.add_argument("run_dir")
+    m.add_argument("out_dir")
+    m.add_argument("--overwrite", action="store_true")
+
+    sub.add_parser("recipes", help="list the shipped recipes")
+    v = sub.add_parser("validate", help="check a recipe without training")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*")
+
+    d = sub.add_parser("demo", help="the offline Qwen2 pipeline: pretrain, SFT, DPO, with a table of results")
+    d.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (replaced on each demo)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Overrides may come after options too (`--output-dir X train.max_steps=3`): collect the strays.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from tunelab import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args) or 0
+    except UserError as e:
+        print(f"tunelab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+
+
+def default_output_dir(recipe_path: str) -> Path:
+    return Path("runs") / Path(recipe_path).stem

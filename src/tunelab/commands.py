@@ -1,0 +1,178 @@
+"""What each CLI command does (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from tunelab import adapters, models, rundir
+from tunelab.config import GenerateConfig, load_recipe
+from tunelab.errors import UserError
+from tunelab.recipes import stage_of
+
+
+def cmd_train(args) -> int:
+    from tunelab.cli import default_output_dir
+    from tunelab.recipes import causal_lm
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    _, stage = stage_of(recipe.recipe, recipe.origin("recipe"))
+    out = Path(args.output_dir or default_output_dir(args.recipe))
+    metrics = causal_lm.train(recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
+    if metrics:
+        _print_summary(out, metrics)
+    return 0
+
+
+def _print_summary(out: Path, metrics: dict) -> None:
+    t, e = metrics["train"], metrics["eval"]
+    shown = {k: v for k, v in e.items() if isinstance(v, float)}
+    print(f"run: {out}")
+    print(f"  trainable {metrics['trainable_params']:,} / {metrics['total_params']:,} params, "
+          f"{t['steps']} steps, loss {t['first_loss']} -> {t['final_loss']:.4f}, "
+          f"{t['tokens_per_second']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB")
+    print("  eval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def _eval_rows(run_dir: Path, recipe, data: str | None, fmt: str | None) -> list[dict]:
+    from tunelab.data.loading import load_dataset, load_splits
+    from tunelab.recipes.causal_lm import FORMATS
+
+    if data:
+        return load_dataset(data, fmt or recipe.data.format, recipe.data.loss_on).to_list()
+    _, stage = stage_of(recipe.recipe, str(run_dir / "recipe.yaml"))
+    return load_splits(recipe, FORMATS[stage]).eval.to_list()
+
+
+def cmd_eval(args) -> int:
+    from tunelab.evaluation.causal_lm import evaluate
+
+    run_dir = Path(args.run_dir)
+    if not models.is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
+    recipe = models.run_recipe(run_dir)
+    if args.max_samples is not None:
+        recipe.eval.max_samples = args.max_samples
+    rows = _eval_rows(run_dir, recipe, args.data, args.format)
+    model, tokenizer = models.load_run(run_dir)
+    results = {"model": evaluate(model, tokenizer, recipe, rows)}
+    if args.baseline:
+        base, base_tokenizer = models.base_model_of(run_dir)
+        results["baseline"] = evaluate(base, base_tokenizer, recipe, rows)
+    _print_comparison(results)
+    metrics = rundir.read_metrics(run_dir)
+    if args.data:
+        metrics.setdefault("eval_data", {})[args.data] = results
+    else:
+        metrics["eval"] = {**metrics.get("eval", {}), **results["model"]}
+        if "baseline" in results:
+            metrics["baseline"] = results["baseline"]
+    rundir.write_json(run_dir / "metrics.json", metrics)
+    return 0
+
+
+def _print_comparison(results: dict) -> None:
+    keys = [k for k, v in results["model"].items() if isinstance(v, float)]
+    cols = list(results)
+    print(f"{'metric':<14}" + "".join(f"{c:>12}" for c in cols) + (f"{'difference':>12}" if "baseline" in cols else ""))
+    for k in keys:
+        vals = [results[c].get(k, float("nan")) for c in cols]
+        diff = f"{vals[0] - vals[1]:>+12.4f}" if "baseline" in cols else ""
+        print(f"{k:<14}" + "".join(f"{v:>12.4f}" for v in vals) + diff)
+    for sample in results["model"].get("samples", [])[:3]:
+        print(f"  Q: {sample['prompt']}\n  A: {sample['generated']}   (reference: {sample['reference']})")
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from tunelab.evaluation.generation import check_generate, generate
+
+    g = GenerateConfig(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                       top_p=args.top_p, num_beams=args.num_beams)
+    check_generate(g)
+    if not args.prompt and not args.chat:
+        raise UserError("generate: give --prompt TEXT or --chat")
+    if not models.is_run_dir(args.run_dir):
+        raise UserError(f"{args.run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
+    torch.manual_seed(args.seed)
+    model, tokenizer = models.load_run(args.run_dir)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt:
+        prompt = args.prompt if args.raw else history + [{"role": "user", "content": args.prompt}]
+        print(generate(model, tokenizer, [prompt], g)[0])
+        return 0
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line.strip()})
+        reply = generate(model, tokenizer, [history], g)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"assistant: {reply}", flush=True)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    run_dir, out = Path(args.run_dir), Path(args.out_dir)
+    if not (run_dir / "adapter").is_dir() or not models.is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: no adapter/ to merge (a full fine-tuning run already has a standalone model/)")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out}: exists; pass --overwrite to replace it")
+    model, tokenizer = models.load_run(run_dir, merge=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"merged {run_dir}/adapter into its base: {out}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    for path in sorted(models.RECIPES_DIR.rglob("*.yaml")):
+        if path.parent.name == "accelerate":
+            continue
+        description = load_recipe(path).description
+        print(f"{str(path.relative_to(models.REPO_ROOT)):<52} {description}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    """Schema, trainer arguments, data files and records, method/model fit: everything but the weights."""
+    from tunelab.data.loading import load_splits
+    from tunelab.data.readers import is_hub_data
+    from tunelab.recipes.causal_lm import FORMATS, build_args
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    _, stage = stage_of(recipe.recipe, recipe.origin("recipe"))
+    adapters.check_method(recipe)
+    build_args(recipe, stage, Path("runs") / "validate")
+    if is_hub_data(recipe.data.train):
+        counts = "hub data (fetched when trained)"
+    else:
+        report = load_splits(recipe, FORMATS[stage]).report
+        counts = f"{report['train_records']} train / {report['eval_records']} eval records"
+    name = recipe.model.name_or_path
+    if recipe.model.scratch is not None:
+        where = "built from scratch"
+    elif name == models.EMBEDDED_QWEN2 or models.is_run_dir(name) or Path(name).exists():
+        where = "local"
+        if not models.is_run_dir(name) and name != models.EMBEDDED_QWEN2:
+            models.resolve(name)
+    else:
+        where = "hub (downloaded when trained)"
+    print(f"ok: {args.recipe}: {recipe.recipe}, {recipe.adapter.method}, model {name} ({where}), "
+          f"{counts}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tunelab.demo import run_demo
+
+    run_demo(Path(args.output_dir))
+    return 0
+

@@ -1,0 +1,323 @@
+"""Recipe schema: one dataclass per section, YAML loading with line numbers, dotted overrides.
+
+A recipe is a YAML file with the sections below. Every field has a `help`; an unknown key or a value
+of the wrong type is a UserError naming the file, the line and the field. The `train:` section is
+not described here: it goes to the trainer's own argument class (SFTConfig, DPOConfig, ...) and is
+checked against that class's fields by `trainer_args()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import UserError, where
+
+EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(EMBEDDED_QWEN2, "Checkpoint: a hub name, a local HF directory, a tunelab run "
+                           f"directory (its adapter is merged in), or {EMBEDDED_QWEN2!r} (built on first use).")
+    dtype: str = _f("float32", "Weights dtype.", ("float32", "bfloat16", "float16", "auto"))
+    quantization: str | None = _f(None, "Load the base weights in 4-bit (bitsandbytes). qlora sets nf4.", (None, "nf4", "fp4"))
+    double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA's double quantization).")
+    attn_implementation: str = _f("sdpa", "Attention kernel passed to from_pretrained.", ("sdpa", "eager", "flash_attention_2"))
+    chat_template: str | None = _f(None, "None: the tokenizer's own template, ChatML if it has none. 'chatml': force ChatML.",
+                                   (None, "chatml"))
+    trust_remote_code: bool = _f(False, "Allow code shipped with a hub checkpoint.")
+    scratch: dict | None = _f(None, "Build a fresh model instead of loading one: a transformers config "
+                              "(model_type, sizes). A byte-level BPE tokenizer of `vocab_size` is trained on the train data.")
+
+
+@dataclass
+class AdapterConfig:
+    method: str = _f("lora", "How to train: a PEFT adapter, or all weights.",
+                     ("lora", "qlora", "prefix", "prompt", "ptuning", "full"))
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    target_modules: str | list[str] = _f("all-linear", "Modules that get LoRA: 'all-linear' or a list of names.")
+    num_virtual_tokens: int = _f(16, "Virtual tokens for prefix, prompt and p-tuning.")
+    prompt_init_text: str | None = _f(None, "Prompt tuning: initialise the soft prompt from this text (else random).")
+    encoder_hidden_size: int = _f(128, "P-tuning: hidden size of the MLP prompt encoder.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", "Train data: a .jsonl/.json/.csv/.parquet file, builtin:NAME, or a hub data set (needs a network).")
+    eval: str | None = _f(None, "Eval data, same kinds as train. None: hold out `eval_fraction` of train.")
+    eval_fraction: float = _f(0.1, "Share of train held out for eval when `eval` is not given.")
+    seed: int = _f(0, "Seed of the held-out split and of sampling.")
+    format: str = _f("messages", "Record format.", ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference"))
+    max_length: int = _f(1024, "Longest sequence in tokens.")
+    overlong: str = _f("truncate", "What to do with a longer sequence (the count is reported).", ("truncate", "drop"))
+    loss_on: str = _f("assistant", "SFT tokens that carry loss: the assistant replies (with their end-of-turn token), "
+                      "the last assistant reply only, or every token.", ("assistant", "last_assistant", "all"))
+    max_train_samples: int | None = _f(None, "Use at most this many train records.")
+    max_eval_samples: int | None = _f(None, "Use at most this many eval records.")
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = _f(64, "Most tokens to generate.")
+    do_sample: bool = _f(False, "Sample instead of greedy / beam search.")
+    temperature: float = _f(1.0, "Sampling temperature (with do_sample).")
+    top_p: float = _f(1.0, "Nucleus sampling mass (with do_sample).")
+    num_beams: int = _f(1, "Beam search width; 1 is greedy.")
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = _f(["perplexity", "accuracy"], "perplexity: exp of the token-weighted mean NLL on loss-bearing "
+                            "tokens; accuracy: exact match of the generated reply with the reference reply.")
+    max_samples: int | None = _f(200, "Evaluate at most this many records (generation is the slow part).")
+    batch_size: int = _f(32, "Eval batch size.")
+    generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Generation settings for accuracy."})
+
+
+@dataclass
+class Recipe:
+    recipe: str = _f("", "Recipe module and stage, e.g. causal_lm.sft.")
+    description: str = _f("", "One line for `tunelab recipes`.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The checkpoint to start from."})
+    adapter: AdapterConfig = field(default_factory=AdapterConfig, metadata={"help": "The fine-tuning method."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data is and how it looks."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "What to measure after training."})
+    train: dict = _f({}, "Arguments of the trainer's own config class (SFTConfig, DPOConfig, ...).")
+    # Where each key came from, for error messages: dotted path -> (source, line).
+    origins: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
+
+    def origin(self, path: str) -> str:
+        source, line = self.origins.get(path, (self.origins.get("", ("recipe", None))[0], None))
+        return where(source, line)
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+def _node_to_python(node: yaml.Node, source: str, path: str, origins: dict) -> Any:
+    """Turn a composed YAML node into Python, recording the line of every mapping key."""
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            child = f"{path}.{key}" if path else key
+            origins[child] = (source, key_node.start_mark.line + 1)
+            out[key] = _node_to_python(value_node, source, child, origins)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_python(n, source, path, origins) for n in node.value]
+    return yaml.SafeLoader(  # a scalar: resolve its tag (int, float, bool, null, str) as safe_load would
+        "").construct_object(node, deep=True)
+
+
+def read_yaml(path: Path) -> tuple[dict, dict]:
+    """Read a YAML mapping and the (file, line) of each of its keys."""
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"{where(str(path), line + 1 if line is not None else None)}: not valid YAML: "
+                        f"{getattr(e, 'problem', e)}") from None
+    origins: dict = {"": (str(path), None)}
+    data = _node_to_python(node, str(path), "", origins) if node is not None else {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of sections (recipe, model, adapter, data, train, eval)")
+    return data, origins
+
+
+def apply_override(data: dict, origins: dict, text: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to the nested dict."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {text!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"override {text!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    origins[key] = (f"override {text!r}", None)
+
+
+# ---------------------------------------------------------------- type checking
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise TypeError. Numbers written as strings ('2e-4') become numbers.
+
+    Types this does not know (enums, callables, HF special classes) pass through unchecked: the trainer's
+    own __post_init__ validates those.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(_type_name(tp))
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError(" or ".join(map(repr, typing.get_args(tp))))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise TypeError("a list")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [coerce(v, item) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise TypeError("a mapping")
+        return value
+    return value
+
+
+def check_keys(values: dict, known: list[str], section: str, recipe: Recipe) -> None:
+    for key in values:
+        if key not in known:
+            path = f"{section}.{key}" if section else key
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint_text = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+            raise UserError(f"{recipe.origin(path)}: unknown key {path!r}{hint_text}")
+
+
+def _build(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"{recipe.origin(section)}: {section!r} should be a mapping of keys")
+    public = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    check_keys(values, [f.name for f in public], section, recipe)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in public:
+        if f.name not in values:
+            continue
+        path = f"{section}.{f.name}" if section else f.name
+        tp, value = hints[f.name], values[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value, path, recipe)
+            continue
+        try:
+            value = coerce(value, tp)
+        except TypeError as e:
+            raise UserError(f"{recipe.origin(path)}: {path} = {value!r} should be {e}") from None
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            shown = ", ".join("null" if c is None else str(c) for c in choices)
+            raise UserError(f"{recipe.origin(path)}: {path} = {value!r} should be one of: {shown}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file, apply `key.sub=value` overrides, and check every field."""
+    data, origins = read_yaml(Path(path))
+    for text in overrides:
+        apply_override(data, origins, text)
+    holder = Recipe(origins=origins)
+    recipe = _build(Recipe, data, "", holder)
+    recipe.origins = origins
+    if not recipe.recipe:
+        raise UserError(f"{path}: missing key 'recipe' (e.g. recipe: causal_lm.sft)")
+    if not recipe.data.train:
+        raise UserError(f"{path}: missing key 'data.train' (a data file, builtin:NAME or a hub data set)")
+    return recipe
+
+
+def trainer_args(args_cls: type, recipe: Recipe, defaults: dict, **fixed: Any) -> Any:
+    """Build the trainer's own argument dataclass from `train:`, checked against its fields.
+
+    `defaults` are tunelab's choices for the CPU-friendly path (the user's values win);
+    `fixed` are set by tunelab itself (output_dir, ...).
+    """
+    names = [f.name for f in dataclasses.fields(args_cls) if f.init]
+    check_keys(recipe.train, names, "train", recipe)
+    hints = typing.get_type_hints(args_cls)
+    values = dict(defaults)
+    for key, value in recipe.train.items():
+        try:
+            values[key] = coerce(value, hints.get(key, Any))
+        except TypeError as e:
+            raise UserError(f"{recipe.origin('train.' + key)}: train.{key} = {value!r} should be {e}") from None
+    for key in fixed:
+        if key in recipe.train:
+            raise UserError(f"{recipe.origin('train.' + key)}: train.{key} is set by tunelab from elsewhere "
+                            f"(output_dir: --output-dir; max_length: data.max_length; loss masking: data.loss_on)")
+    values.update(fixed)
+    try:
+        return args_cls(**values)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{recipe.origin('train')}: {args_cls.__name__} rejected the train section: {e}") from None
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe, as written to a run directory's recipe.yaml."""
+    out = dataclasses.asdict(recipe)
+    out.pop("origins")
+    return out
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

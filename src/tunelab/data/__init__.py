@@ -1,0 +1,1 @@
+"""Data: readers (files, built-in sets, hub), record formats, chat templates."""

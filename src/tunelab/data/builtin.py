@@ -1,0 +1,100 @@
+"""Built-in data sets, generated deterministically so that every answer can be checked.
+
+The world: the 100 single-digit addition facts, few enough for a one-million-parameter model to
+learn in about a minute on a 2-core CPU.
+- `corpus`: pretraining text that states every fact, in a few phrasings (some as question and answer,
+  as web text has FAQ pages), shuffled into documents.
+- `sft`: chat conversations asking about the facts; the reply restates the fact. The eval split asks
+  about facts no train conversation mentions: a model answers them only by carrying what pretraining
+  taught it into the chat format that SFT taught it.
+- `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
+  off-by-one sum).
+Every split is a plain list of records in one of the formats of `tunelab.data.formats`.
+"""
+
+from __future__ import annotations
+
+import random
+
+SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
+
+_EVAL_SHARE = 0.2
+# Questions and answers laid out at different distances, so that pretraining teaches the model to find
+# the operands by content rather than at a fixed offset, which lets SFT carry it over to a chat template.
+_QA_LAYOUTS = ("Question: {q} Answer: {a}", "Q: {q}\nA: {a}", "{q}\n\n{a}", "Someone asked: {q} The reply was: {a}")
+
+
+def _facts() -> list[dict]:
+    """Each fact: the question, the reply that states it, and a wrong reply a model might give."""
+    facts = []
+    for a in range(10):
+        for b in range(10):
+            value = a + b
+            wrong = value + (1 if (a * b) % 2 else -1) if value > 0 else 1
+            facts.append({
+                "kind": "sum",
+                "question": f"What is {a} plus {b}?",
+                "answer": f"{a} plus {b} is {value}.",
+                "wrong": f"{a} plus {b} is {wrong}.",
+                "statements": [f"{a} plus {b} is {value}.", *(qa.format(q=f"What is {a} plus {b}?", a=f"{a} plus {b} is {value}.")
+                                                              for qa in _QA_LAYOUTS)],
+            })
+    return facts
+
+
+def _split() -> tuple[list[dict], list[dict]]:
+    facts = _facts()
+    order = list(range(len(facts)))
+    random.Random(7).shuffle(order)
+    n_eval = int(len(facts) * _EVAL_SHARE)
+    held_out = set(order[:n_eval])
+    return ([f for i, f in enumerate(facts) if i not in held_out], [f for i, f in enumerate(facts) if i in held_out])
+
+
+def corpus(n_docs: int = 3000, seed: int = 0) -> list[dict]:
+    """Pretraining documents: 4 to 8 fact statements each, about every fact (train and eval alike)."""
+    rng = random.Random(seed)
+    statements = [s for f in _facts() for s in f["statements"]]
+    return [{"text": " ".join(rng.choice(statements) for _ in range(rng.randint(4, 8)))} for _ in range(n_docs)]
+
+
+def _conversation(fact: dict, rng: random.Random, reply: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
+    return messages + [{"role": "user", "content": fact["question"]},
+                       {"role": "assistant", "content": reply or fact["answer"]}]
+
+
+def sft(split: str) -> list[dict]:
+    """Single-turn chats in the `messages` format; train repeats each question four times (system prompt or not)."""
+    train, held_out = _split()
+    rng = random.Random(11 if split == "train" else 12)
+    facts = train * 4 if split == "train" else held_out
+    return [{"messages": _conversation(f, rng)} for f in facts]
+
+
+def preference(split: str) -> list[dict]:
+    """Prompt / chosen / rejected as message lists (the conversational preference format)."""
+    train, held_out = _split()
+    rng = random.Random(21 if split == "train" else 22)
+    records = []
+    for fact in train if split == "train" else held_out:
+        prompt = _conversation(fact, rng)[:-1]
+        records.append({"prompt": prompt,
+                        "chosen": [{"role": "assistant", "content": fact["answer"]}],
+                        "rejected": [{"role": "assistant", "content": fact["wrong"]}]})
+    return records
+
+
+def corpus_eval() -> list[dict]:
+    return corpus(n_docs=200, seed=1)
+
+
+# name -> (generator, format it produces)
+DATASETS = {
+    "corpus": (corpus, "text"),
+    "corpus_eval": (corpus_eval, "text"),
+    "sft_train": (lambda: sft("train"), "messages"),
+    "sft_eval": (lambda: sft("eval"), "messages"),
+    "preference_train": (lambda: preference("train"), "preference"),
+    "preference_eval": (lambda: preference("eval"), "preference"),
+}

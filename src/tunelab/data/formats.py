@@ -1,0 +1,125 @@
+"""Record formats: check each record, then convert (with datasets.map) to the shapes TRL takes.
+
+| format            | a record                                                         | becomes (TRL)            |
+|-------------------|------------------------------------------------------------------|--------------------------|
+| text              | {"text": "..."}                                                  | language modeling        |
+| messages          | {"messages": [{"role": "system"|"user"|"assistant", "content"}]} | conversational           |
+| alpaca            | {"instruction", "input" (optional), "output"}                    | conversational           |
+| sharegpt          | {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}   | conversational           |
+| prompt_completion | {"prompt", "completion"}: strings or message lists               | prompt-completion        |
+| preference        | {"prompt", "chosen", "rejected"}: strings or message lists       | preference               |
+"""
+
+from __future__ import annotations
+
+import datasets
+
+from tunelab.data.readers import Records
+from tunelab.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+REQUIRED = {
+    "text": ("text",),
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+def _check_messages(messages, where: str, field: str, need_assistant: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: field {field!r} should be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise UserError(f"{where}: {field}[{i}] should be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise UserError(f"{where}: {field}[{i}].role = {m['role']!r} should be one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise UserError(f"{where}: {field}[{i}].content should be a string")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise UserError(f"{where}: field {field!r} has no assistant message to learn from")
+
+
+def _check_text_or_messages(row: dict, key: str, where: str) -> None:
+    value = row[key]
+    if isinstance(value, list):
+        _check_messages(value, where, key, need_assistant=False)
+    elif not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: field {key!r} should be a non-empty string or a list of messages")
+
+
+def check(records: Records, fmt: str) -> None:
+    """Raise a UserError naming the first bad record's line and field."""
+    if records.builtin_format and records.builtin_format != fmt:
+        raise UserError(f"{records.source}: this built-in set is in the {records.builtin_format!r} format, "
+                        f"but data.format is {fmt!r}")
+    for i, row in enumerate(records.rows):
+        where = records.where(i)
+        missing = [k for k in REQUIRED[fmt] if row.get(k) is None]
+        if missing:
+            raise UserError(f"{where}: record has no {missing[0]!r} field (format {fmt!r} needs "
+                            f"{', '.join(REQUIRED[fmt])}; it has {', '.join(row) or 'nothing'})")
+        if fmt == "text" and (not isinstance(row["text"], str) or not row["text"].strip()):
+            raise UserError(f"{where}: field 'text' should be a non-empty string")
+        elif fmt == "messages":
+            _check_messages(row["messages"], where, "messages", need_assistant=True)
+        elif fmt == "alpaca":
+            for key in ("instruction", "output"):
+                if not isinstance(row[key], str) or not row[key].strip():
+                    raise UserError(f"{where}: field {key!r} should be a non-empty string")
+        elif fmt == "sharegpt":
+            turns = row["conversations"]
+            if not isinstance(turns, list) or not turns:
+                raise UserError(f"{where}: field 'conversations' should be a non-empty list")
+            for j, t in enumerate(turns):
+                if not isinstance(t, dict) or t.get("from") not in SHAREGPT_ROLES or not isinstance(t.get("value"), str):
+                    raise UserError(f"{where}: conversations[{j}] should be {{'from': human|gpt|system, 'value': str}}")
+        elif fmt in ("prompt_completion", "preference"):
+            for key in REQUIRED[fmt]:
+                _check_text_or_messages(row, key, where)
+
+
+def _alpaca_to_messages(row: dict) -> dict:
+    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]}
+
+
+def _sharegpt_to_messages(row: dict) -> dict:
+    return {"messages": [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]}
+
+
+def _last_reply_as_completion(row: dict) -> dict:
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"prompt": messages[:last], "completion": [messages[last]]}
+
+
+def to_dataset(records: Records, fmt: str, loss_on: str = "assistant") -> datasets.Dataset:
+    """Checked records -> a Dataset in the shape TRL takes for this format and loss choice."""
+    ds = datasets.Dataset.from_list(records.rows)
+    keep = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"],
+            "preference": ["prompt", "chosen", "rejected"]}
+    if fmt == "alpaca":
+        ds, fmt = ds.map(_alpaca_to_messages, remove_columns=ds.column_names), "messages"
+    elif fmt == "sharegpt":
+        ds, fmt = ds.map(_sharegpt_to_messages, remove_columns=ds.column_names), "messages"
+    if fmt == "messages" and loss_on == "last_assistant":
+        ds, fmt = ds.map(_last_reply_as_completion, remove_columns=ds.column_names), "prompt_completion"
+    return ds.select_columns(keep[fmt])
+
+
+def prompt_and_reference(row: dict) -> tuple[str | list, str] | None:
+    """What to generate from, and the reply to compare with, for exact-match accuracy (None for text)."""
+    if "messages" in row:
+        messages = row["messages"]
+        if messages[-1]["role"] != "assistant":
+            return None
+        return messages[:-1], messages[-1]["content"]
+    answer_key = "completion" if "completion" in row else "chosen" if "chosen" in row else None
+    if answer_key is None:
+        return None
+    answer = row[answer_key]
+    return row["prompt"], answer[-1]["content"] if isinstance(answer, list) else answer

@@ -1,0 +1,125 @@
+"""Read records from a local file, a built-in generator or the hub, keeping each record's line number.
+
+JSONL and CSV are read here rather than with `datasets.load_dataset`, because a user's mistake must be
+reported as `file:line`, which the datasets loaders do not tell. Parquet and JSON arrays have no line
+numbers worth giving, so they use the datasets / json readers directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data import builtin
+from tunelab.errors import UserError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass
+class Records:
+    """Rows as dicts, where they came from, and the line (or row) each one started on."""
+
+    rows: list[dict]
+    source: str
+    lines: list[int | None]
+    builtin_format: str | None = None
+
+    def where(self, index: int) -> str:
+        line = self.lines[index]
+        return f"{self.source}:{line}" if line else f"{self.source} (record {index + 1})"
+
+
+def _read_jsonl(path: Path) -> Records:
+    rows, lines = [], []
+    with path.open(encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+            lines.append(number)
+    return Records(rows, str(path), lines)
+
+
+def _read_json(path: Path) -> Records:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} style
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise UserError(f"{path}: expected a JSON array of objects (or JSONL, one object per line)")
+    return Records(data, str(path), [None] * len(data))
+
+
+def _read_csv(path: Path) -> Records:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        rows, lines = [], []
+        for row in reader:
+            rows.append(dict(row))
+            lines.append(reader.line_num)
+    return Records(rows, str(path), lines)
+
+
+def _read_parquet(path: Path) -> Records:
+    import datasets
+
+    rows = datasets.Dataset.from_parquet(str(path)).to_list()
+    return Records(rows, str(path), [None] * len(rows))
+
+
+def _read_hub(name: str) -> Records:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise UserError(f"{name}: not a local file or builtin:NAME, and hub data sets need a network "
+                        f"(HF_HUB_OFFLINE is set)")
+    import datasets
+
+    spec, _, split = name.partition(":")
+    try:
+        ds = datasets.load_dataset(spec, split=split or "train")
+    except Exception as e:  # the hub client raises many types; all mean "could not get it"
+        raise UserError(f"{name}: could not load the hub data set ({type(e).__name__}: {e})") from None
+    return Records(ds.to_list(), name, [None] * len(ds))
+
+
+def is_hub_data(spec: str) -> bool:
+    return not spec.startswith("builtin:") and not _looks_local(spec)
+
+
+def _looks_local(spec: str) -> bool:
+    return Path(spec).suffix in LOCAL_SUFFIXES or Path(spec).exists() or spec.startswith((".", "/"))
+
+
+def read_records(spec: str) -> Records:
+    """`builtin:NAME`, a local file (by suffix), or `owner/name[:split]` on the hub."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in builtin.DATASETS:
+            raise UserError(f"{spec}: unknown built-in data set (have: {', '.join(sorted(builtin.DATASETS))})")
+        make, fmt = builtin.DATASETS[name]
+        rows = make()
+        return Records(rows, spec, [None] * len(rows), builtin_format=fmt)
+    path = Path(spec)
+    if _looks_local(spec):
+        if not path.is_file():
+            raise UserError(f"{spec}: data file not found")
+        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}.get(path.suffix)
+        if reader is None:
+            raise UserError(f"{spec}: unsupported file type {path.suffix!r} (use {', '.join(LOCAL_SUFFIXES)})")
+        records = reader(path)
+    else:
+        records = _read_hub(spec)
+    if not records.rows:
+        raise UserError(f"{spec}: the data set is empty")
+    return records

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity over loss-bearing tokens and generation-based exact-match accuracy."""

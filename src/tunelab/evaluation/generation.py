@@ -1,0 +1,62 @@
+"""Generation with the model's chat template, and exact-match accuracy of generated replies."""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.config import GenerateConfig
+from tunelab.data.formats import prompt_and_reference
+from tunelab.errors import UserError
+
+
+def check_generate(g: GenerateConfig) -> None:
+    if g.max_new_tokens < 1:
+        raise UserError(f"generation: max_new_tokens = {g.max_new_tokens} should be >= 1")
+    if g.num_beams < 1:
+        raise UserError(f"generation: num_beams = {g.num_beams} should be >= 1")
+    if g.do_sample and not (g.temperature > 0 and 0 < g.top_p <= 1):
+        raise UserError(f"generation: sampling needs temperature > 0 and 0 < top_p <= 1 "
+                        f"(got {g.temperature}, {g.top_p})")
+
+
+def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
+    kwargs = {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams, "do_sample": g.do_sample,
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if g.do_sample:
+        kwargs.update(temperature=g.temperature, top_p=g.top_p)
+    return kwargs
+
+
+def render_prompt(tokenizer, prompt: str | list) -> str:
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list, g: GenerateConfig, batch_size: int = 32) -> list[str]:
+    """Replies (decoded new tokens, special tokens dropped) for chat-message or plain-text prompts."""
+    check_generate(g)
+    model.eval()
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # decoder-only models continue from the last real token
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**enc, **generation_kwargs(g, tokenizer))
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return replies
+
+
+def accuracy(model, tokenizer, rows: list[dict], g: GenerateConfig, batch_size: int = 32) -> dict:
+    """Exact match (after stripping spaces) of the generated reply with the reference reply."""
+    pairs = [p for p in (prompt_and_reference(r) for r in rows) if p is not None]
+    if not pairs:
+        return {}
+    replies = generate(model, tokenizer, [p for p, _ in pairs], g, batch_size)
+    hits = [reply == reference.strip() for reply, (_, reference) in zip(replies, pairs)]
+    samples = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "reference": ref, "generated": reply}
+               for reply, (p, ref) in list(zip(replies, pairs))[:5]]
+    return {"accuracy": sum(hits) / len(hits), "accuracy_n": len(hits), "samples": samples}

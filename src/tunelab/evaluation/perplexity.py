@@ -1,0 +1,78 @@
+"""Perplexity: exp of the token-weighted mean NLL over the loss-bearing tokens of a data set.
+
+Token-weighted, not a mean of per-batch means: a batch of long replies counts for more tokens than a
+batch of short ones. The loss-bearing tokens are chosen exactly as in training (see `loss_tokens`;
+tests/test_masking.py checks they equal TRL's labels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) of one converted record; mask is 1 where the token carries loss.
+
+    messages: the assistant replies with their end-of-turn token (the template's generation markers);
+    prompt/completion and preference (prompt + chosen): the completion and its end token;
+    text: every token, with the end-of-sequence token appended as TRL does.
+    """
+    if "messages" in row:
+        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = out["input_ids"], out["assistant_masks"]
+    elif "text" in row:
+        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        mask = [1] * len(ids)
+    else:
+        prompt, completion = row["prompt"], row.get("completion", row.get("chosen"))
+        if isinstance(prompt, list):
+            prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                       return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+            # ChatML ends a turn with "<|im_end|>\n"; the newline after the end token is not part of the reply.
+            ids = _strip_trailing_newline(tokenizer, ids)
+        else:
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        mask = [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+    return list(ids[:max_length]), list(mask[:max_length])
+
+
+def _strip_trailing_newline(tokenizer, ids: list[int]) -> list[int]:
+    while ids and ids[-1] != tokenizer.eos_token_id and tokenizer.decode(ids[-1:]).strip() == "":
+        ids = ids[:-1]
+    return ids
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> dict:
+    """{'eval_loss', 'perplexity', 'eval_tokens'} over the loss-bearing tokens of `rows`."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = sorted((loss_tokens(tokenizer, r, max_length) for r in rows), key=lambda e: len(e[0]))
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for i, (ids, mask) in enumerate(batch):  # right padding
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            attention[i, :len(ids)] = 1
+            labels[i, :len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+        # Prompt-learning adapters prepend virtual tokens to the logits: keep the last positions only.
+        shift_logits = shift_logits[:, -shift_labels.shape[1]:]
+        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total_nll += nll.item()
+        total_tokens += int((shift_labels != -100).sum())
+    if total_tokens == 0:
+        return {"eval_loss": float("nan"), "perplexity": float("nan"), "eval_tokens": 0}
+    mean = total_nll / total_tokens
+    return {"eval_loss": mean, "perplexity": math.exp(mean), "eval_tokens": total_tokens}

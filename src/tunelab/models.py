@@ -1,0 +1,200 @@
+"""Load a checkpoint for causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
+
+`model.name_or_path` may be:
+- a hub name or a local Hugging Face directory;
+- a tunelab run directory: its `model/`, or its base with its LoRA `adapter/` merged in, so a recipe can
+  start from another run (DPO after SFT);
+- `embedded:tiny-qwen2`: the offline default, built on first use by running recipes/qwen2/pretrain_tiny.yaml
+  into the cache (`$TUNELAB_CACHE`, default ~/.cache/tunelab), deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from filelock import FileLock
+
+from tunelab.config import EMBEDDED_QWEN2, ModelConfig, Recipe, load_recipe
+from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, ensure_chat_template
+from tunelab.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = REPO_ROOT / "recipes"
+EMBEDDED_RECIPE = RECIPES_DIR / "qwen2" / "pretrain_tiny.yaml"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# Launchers' variables: the embedded build runs as its own single process, whoever asked for it.
+_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                    "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+def embedded_run_dir() -> Path:
+    return cache_dir() / "tiny-qwen2"
+
+
+def build_embedded(overrides: list[str] = ()) -> Path:
+    """Build the embedded tiny Qwen2 unless the cache has it; return its model directory.
+
+    It is an ordinary run of the pretrain recipe, in a child process so that a caller running under
+    `accelerate launch` does not turn it into a distributed run; a file lock makes ranks wait for one build.
+    """
+    run_dir = embedded_run_dir()
+    model_dir = run_dir / "model"
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(run_dir) + ".lock"):
+        if (model_dir / "config.json").is_file():
+            return model_dir
+        print(f"tunelab: building the embedded default {EMBEDDED_QWEN2} into {run_dir} (once)", file=sys.stderr)
+        env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+        cmd = [sys.executable, "-m", "tunelab", "train", str(EMBEDDED_RECIPE), "--output-dir", str(run_dir),
+               "--overwrite", *overrides]
+        result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building {EMBEDDED_QWEN2} failed:\n{result.stdout[-3000:]}")
+    return model_dir
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "recipe.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir())
+
+
+def resolve(name_or_path: str) -> str:
+    """The directory or hub name from_pretrained should see (run directories are handled by the caller)."""
+    if name_or_path == EMBEDDED_QWEN2:
+        return str(build_embedded())
+    if name_or_path.startswith("embedded:"):
+        raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded default is {EMBEDDED_QWEN2!r}")
+    path = Path(name_or_path)
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name_or_path = {name_or_path!r}: no config.json there (not a model directory)")
+        return str(path.resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name_or_path):
+        raise UserError(f"model.name_or_path = {name_or_path!r}: not a local directory, and hub models need a "
+                        f"network (HF_HUB_OFFLINE=1)")
+    return name_or_path
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def train_bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer in Qwen2's style (digits split one by one) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT, IM_START, IM_END],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
+                                                additional_special_tokens=[IM_START, IM_END])
+
+
+def load_tokenizer(model_cfg: ModelConfig, path: str):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    return finish_tokenizer(tokenizer, model_cfg)
+
+
+def finish_tokenizer(tokenizer, model_cfg: ModelConfig):
+    tokenizer.tunelab_chat_template = ensure_chat_template(tokenizer, force_chatml=model_cfg.chat_template == "chatml")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def scratch_model(model_cfg: ModelConfig, texts) -> tuple[torch.nn.Module, object]:
+    """A freshly initialised model and a tokenizer trained on `texts`, from `model.scratch`."""
+    spec = dict(model_cfg.scratch)
+    model_type = spec.pop("model_type", None)
+    if model_type is None:
+        raise UserError("model.scratch needs model_type (e.g. qwen2)")
+    tokenizer = finish_tokenizer(train_bpe_tokenizer(texts, spec.pop("vocab_size", 1024)), model_cfg)
+    try:
+        config = transformers.AutoConfig.for_model(
+            model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **spec)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model.scratch: {e}") from None
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=model_cfg.attn_implementation)
+    return model, tokenizer
+
+
+def quantization_config(model_cfg: ModelConfig):
+    if model_cfg.quantization is None:
+        return None
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=model_cfg.quantization,
+        bnb_4bit_use_double_quant=model_cfg.double_quant, bnb_4bit_compute_dtype=torch.float32)
+
+
+def load_causal_lm(model_cfg: ModelConfig):
+    """(model, tokenizer) for a recipe's `model:` section; a run directory comes back merged."""
+    if is_run_dir(model_cfg.name_or_path):
+        return load_run(model_cfg.name_or_path, merge=True, quantization=model_cfg.quantization)
+    path = resolve(model_cfg.name_or_path)
+    tokenizer = load_tokenizer(model_cfg, path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation,
+        quantization_config=quantization_config(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # ChatML tokens were added
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def tokenizer_location(name_or_path: str) -> str:
+    """Where from_pretrained finds this model's tokenizer (peft reloads it for text-initialised prompts)."""
+    if is_run_dir(name_or_path):
+        sub = "model" if (Path(name_or_path) / "model").is_dir() else "adapter"
+        return str(Path(name_or_path) / sub)
+    return resolve(name_or_path)
+
+
+def run_recipe(run_dir: str | Path) -> Recipe:
+    return load_recipe(Path(run_dir) / "recipe.yaml")
+
+
+def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
+    """(model, tokenizer) of a finished run: its full model, or its base with the adapter attached."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    if (run_dir / "model").is_dir():
+        cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
+        return load_causal_lm(cfg)
+    recipe = run_recipe(run_dir)
+    if quantization and not recipe.model.quantization:
+        raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
+                        f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
+    base_cfg = recipe.model if not merge else ModelConfig(**{**vars(recipe.model), "quantization": None})
+    base, _ = load_causal_lm(base_cfg)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
+    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    if merge:
+        if recipe.adapter.method not in ("lora", "qlora"):
+            raise UserError(f"{run_dir}: a {recipe.adapter.method} adapter cannot be merged into the weights; "
+                            f"only LoRA adapters can (train on top of the base model instead)")
+        model = model.merge_and_unload()
+    return model, tokenizer
+
+
+def base_model_of(run_dir: str | Path):
+    """(model, tokenizer) the run started from, for --baseline comparisons."""
+    recipe = run_recipe(run_dir)
+    return load_causal_lm(recipe.model)

@@ -1,0 +1,151 @@
+"""Causal LM recipes for any decoder-only AutoModelForCausalLM: pretrain, sft (TRL SFTTrainer), dpo (TRL DPOTrainer).
+
+The trainers do the work; this module only chooses their arguments, hands them data in TRL's shapes,
+and writes the run directory. Everything that can be wrong with the input is checked before the run
+directory is created.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+from tunelab import adapters, models, rundir
+from tunelab.config import Recipe, dump_yaml, to_dict, trainer_args
+from tunelab.data.loading import apply_length_limit, load_splits
+from tunelab.evaluation.causal_lm import evaluate
+from tunelab.evaluation.perplexity import loss_tokens
+
+FORMATS = {
+    "pretrain": ("text",),
+    "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
+    "dpo": ("preference",),
+}
+# tunelab's defaults for the trainer configs (a recipe's train: section overrides any of them).
+# TRL defaults to bf16 and gradient checkpointing, which slow a small model on the CPU down.
+TRAIN_DEFAULTS = {
+    "report_to": "none", "bf16": False, "activation_checkpointing": False, "logging_steps": 5,
+    "save_strategy": "steps", "save_steps": 200, "save_total_limit": 2, "seed": 0, "disable_tqdm": True,
+    "include_num_input_tokens_seen": "non_padding",
+}
+# Pad to the longest in a batch of similar lengths: measured faster on the CPU than padding-free packing
+# (README, "Speed"). DPOTrainer's prepared data has no single length column, so DPO keeps random order.
+LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
+
+
+def _record_length(tokenizer, row: dict, max_length: int) -> int:
+    if "rejected" in row:  # a preference pair is as long as its longer side
+        return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, max_length)[0])
+                   for k in ("chosen", "rejected"))
+    return len(loss_tokens(tokenizer, row, max_length)[0])
+
+
+def _sft_loss_args(recipe: Recipe) -> dict:
+    """Which tokens carry loss. last_assistant turned messages into prompt/completion (data.formats)."""
+    if recipe.data.loss_on == "all":
+        return {"assistant_only_loss": False, "completion_only_loss": False}
+    if recipe.data.format in ("messages", "alpaca", "sharegpt") and recipe.data.loss_on == "assistant":
+        return {"assistant_only_loss": True}
+    return {}  # prompt/completion: TRL trains the completion only; text: every token
+
+
+def _count_params(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts 4-bit weights at their real size
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def build_args(recipe: Recipe, stage: str, output_dir: Path):
+    defaults = dict(TRAIN_DEFAULTS)
+    if "gradient_checkpointing" in recipe.train:  # the deprecated name still works if a user writes it
+        defaults.pop("activation_checkpointing")
+    if stage == "dpo":
+        return trainer_args(DPOConfig, recipe, defaults, output_dir=str(output_dir),
+                            max_length=recipe.data.max_length)
+    return trainer_args(SFTConfig, recipe, {**defaults, **LENGTH_GROUPING}, output_dir=str(output_dir),
+                        max_length=recipe.data.max_length, **(_sft_loss_args(recipe) if stage == "sft" else {}))
+
+
+def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
+    started = time.time()
+    adapters.check_method(recipe)
+    staging = rundir.partial_path(out)
+    args = build_args(recipe, stage, staging)
+    rundir.check_free(out, resume, overwrite)
+    splits = load_splits(recipe, FORMATS[stage])
+
+    if recipe.model.scratch is not None:
+        model, tokenizer = models.scratch_model(recipe.model, (r["text"] for r in splits.train))
+    else:
+        model, tokenizer = models.load_causal_lm(recipe.model)
+    adapters.check_model_fits(recipe, model)
+
+    for name in ("train", "eval"):
+        ds = getattr(splits, name)
+        lengths = [_record_length(tokenizer, row, 10**9) for row in ds]
+        setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
+
+    staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
+    log_path = staging / "train_log.jsonl"
+    callbacks = [rundir.TrainLogCallback(log_path), rundir.RankReportCallback()]
+    peft_config = adapters.peft_config(recipe, models.tokenizer_location(recipe.model.name_or_path))
+    trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainer
+    eval_dataset = splits.eval if args.eval_strategy != "no" else None
+    trainer = trainer_cls(model=model, args=args, train_dataset=splits.train, eval_dataset=eval_dataset,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    checkpoint = rundir.last_checkpoint(staging) if resume else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer_eval = trainer.evaluate(splits.eval) if stage == "dpo" else {}  # collective: every rank calls it
+    if not trainer.is_world_process_zero():
+        return {}
+
+    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
+    trainer.save_model(str(saved))
+    tokenizer.save_pretrained(str(saved))
+    trainable, total = _count_params(trainer.model)
+    metrics = {
+        "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
+        "chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
+        "trainable_params": trainable, "total_params": total,
+        "train": _train_metrics(trainer, result),
+        "eval": {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
+                 **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}},
+        "data": splits.report,
+        **rundir.peak_memory_mb(),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    recipe_dict = to_dict(recipe)
+    recipe_dict["model"]["name_or_path"] = _portable(recipe.model.name_or_path)
+    (staging / "recipe.yaml").write_text(dump_yaml(recipe_dict), encoding="utf-8")
+    rundir.write_json(staging / "metrics.json", metrics)
+    rundir.plot_losses(log_path, staging / "loss.png")
+    (staging / "README.md").write_text(rundir.model_card(recipe_dict, metrics), encoding="utf-8")
+    rundir.finalize(staging, out)
+    return metrics
+
+
+def _portable(name_or_path: str) -> str:
+    """Local paths become absolute, so the run still finds its base from any working directory."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _train_metrics(trainer, result) -> dict:
+    state = trainer.state
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    runtime = result.metrics.get("train_runtime", 0.0)
+    tokens = state.num_input_tokens_seen
+    return {
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "mean_loss": result.training_loss,
+        "steps": state.global_step,
+        "runtime_s": round(runtime, 2),
+        "non_padding_tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1) if runtime and tokens else None,
+        "device": str(next(trainer.model.parameters()).device) + (f" x{torch.cuda.device_count()}"
+                                                                  if torch.cuda.is_available() else ""),
+    }

@@ -1,0 +1,142 @@
+"""The run directory: staged in `<dir>.partial` while training, renamed into place when complete.
+
+A finished run holds recipe.yaml (resolved), adapter/ or model/ (with the tokenizer), metrics.json,
+train_log.jsonl, loss.png, README.md (a model card) and checkpoint-*/ for resuming. A crash leaves only
+`<dir>.partial`, which `--resume` continues; the final path never holds a half-written run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tunelab.errors import UserError
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def check_free(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a run: decided before anything is written."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    if overwrite or resume:
+        return
+    if out.exists():
+        raise UserError(f"{out}: run directory exists; pass --resume to continue it, --overwrite to replace it, "
+                        f"or choose another --output-dir")
+    if partial_path(out).exists():
+        raise UserError(f"{partial_path(out)}: an interrupted run is there; pass --resume to continue it or "
+                        f"--overwrite to start again")
+
+
+def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
+    """Create (rank 0 only) and return the staging directory the trainer writes into."""
+    staging = partial_path(out)
+    if not is_main:
+        return staging
+    if overwrite:
+        shutil.rmtree(staging, ignore_errors=True)
+    elif resume and out.exists() and not staging.exists():
+        out.rename(staging)  # resuming a finished run: it goes back to staging until it finishes again
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def last_checkpoint(staging: Path) -> str | None:
+    checkpoints = sorted(staging.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def finalize(staging: Path, out: Path) -> None:
+    if out.exists():  # only with --overwrite
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident set of this process (ru_maxrss is in KiB on Linux) and, on CUDA, peak allocated."""
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_cuda_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return out
+
+
+class TrainLogCallback(TrainerCallback):
+    """Append every trainer log (loss, learning rate, eval loss...) to train_log.jsonl on rank 0."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class RankReportCallback(TrainerCallback):
+    """Every rank says what it trained, so a distributed run shows that all ranks took part."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        losses = [e["loss"] for e in state.log_history if "loss" in e]
+        last = f"{losses[-1]:.4f}" if losses else "n/a"
+        print(f"tunelab: rank {args.process_index}/{args.world_size} trained {state.global_step} steps, "
+              f"last logged loss {last}", file=sys.stderr, flush=True)
+
+
+def plot_losses(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(e["step"], e[key]) for e in entries if key in e]
+        if points:
+            ax.plot(*zip(*points), marker="." if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def model_card(recipe_dict: dict, metrics: dict) -> str:
+    method = recipe_dict["adapter"]["method"]
+    saved = "model/" if method == "full" else "adapter/"
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.get("eval", {}).items() if isinstance(v, (int, float)))
+    load = ("from transformers import AutoModelForCausalLM\n"
+            "model = AutoModelForCausalLM.from_pretrained('model')" if method == "full" else
+            "from peft import AutoPeftModelForCausalLM\n"
+            "model = AutoPeftModelForCausalLM.from_pretrained('adapter')")
+    return (f"# {recipe_dict['recipe']} run\n\n{recipe_dict.get('description', '')}\n\n"
+            f"- base model: `{recipe_dict['model']['name_or_path']}`\n- method: {method}\n"
+            f"- train data: `{recipe_dict['data']['train']}` ({recipe_dict['data']['format']})\n"
+            f"- trainable parameters: {metrics.get('trainable_params', 0):,} of {metrics.get('total_params', 0):,}\n"
+            f"- saved in `{saved}`; the resolved recipe is `recipe.yaml`\n\n"
+            f"| eval metric | value |\n|---|---|\n{rows}\n\n```python\n{load}\n```\n")
