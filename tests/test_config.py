@@ -36,7 +36,7 @@ def test_overrides_edit_nested_fields_and_train_args(recipe_file):
 
 def test_number_written_as_string_becomes_float(recipe_file):
     # PyYAML reads 2e-4 (no dot) as a string; the trainer must still get a float.
-    args = trainer_args(SFTConfig, load_recipe(recipe_file), {"report_to": "none"}, output_dir="/tmp/x")
+    args = trainer_args(SFTConfig, load_recipe(recipe_file), {"report_to": "none", "bf16": False}, output_dir="/tmp/x")
     assert args.learning_rate == pytest.approx(2e-4)
 
 

@@ -14,6 +14,7 @@ from peft import (LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTun
                   PromptTuningInit, TaskType)
 
 from tunelab.config import Recipe
+from tunelab.models import tokenizer_location
 from tunelab.errors import UserError
 
 PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
@@ -51,7 +52,7 @@ def check_model_fits(recipe: Recipe, model) -> None:
                             f"{missing[0]!r} (it has e.g. {', '.join(sorted(n for n in names if 'proj' in n)[:8])})")
 
 
-def peft_config(recipe: Recipe, tokenizer_name: str):
+def peft_config(recipe: Recipe):
     a = recipe.adapter
     if a.method == "full":
         return None
@@ -64,7 +65,7 @@ def peft_config(recipe: Recipe, tokenizer_name: str):
         if a.prompt_init_text:
             return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
                                       prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=a.prompt_init_text,
-                                      tokenizer_name_or_path=tokenizer_name)
+                                      tokenizer_name_or_path=tokenizer_location(recipe.model.name_or_path))
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
     return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
                                encoder_hidden_size=a.encoder_hidden_size)

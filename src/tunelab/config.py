@@ -186,9 +186,11 @@ def coerce(value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        known = (bool, int, float, str, list, dict)
+        # Simple types first: an enum member of the union would otherwise take any value unchecked.
+        order = sorted((a for a in args if a is not type(None)),
+                       key=lambda a: 0 if a is type(value) else 1 if a in known else 2)
+        for arg in order:
             try:
                 return coerce(value, arg)
             except TypeError:
@@ -218,6 +220,8 @@ def coerce(value: Any, tp: Any) -> Any:
                 pass
         raise TypeError("a number")
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads `no`/`yes` (save_strategy: no) as booleans
+            return "yes" if value else "no"
         if isinstance(value, str):
             return value
         raise TypeError("a string")

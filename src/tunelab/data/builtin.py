@@ -4,9 +4,9 @@ The world: the 100 single-digit addition facts, few enough for a one-million-par
 learn in about a minute on a 2-core CPU.
 - `corpus`: pretraining text that states every fact, in a few phrasings (some as question and answer,
   as web text has FAQ pages), shuffled into documents.
-- `sft`: chat conversations asking about the facts; the reply restates the fact. The eval split asks
-  about facts no train conversation mentions: a model answers them only by carrying what pretraining
-  taught it into the chat format that SFT taught it.
+- `sft`: chat conversations asking about the facts; the reply restates the fact and stops. The eval
+  split asks about facts no train conversation mentions: a model answers them only by carrying what
+  pretraining taught it into the reply style that SFT taught it.
 - `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
   off-by-one sum).
 Every split is a plain list of records in one of the formats of `tunelab.data.formats`.
@@ -19,9 +19,11 @@ import random
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
 
 _EVAL_SHARE = 0.2
-# Questions and answers laid out at different distances, so that pretraining teaches the model to find
-# the operands by content rather than at a fixed offset, which lets SFT carry it over to a chat template.
-_QA_LAYOUTS = ("Question: {q} Answer: {a}", "Q: {q}\nA: {a}", "{q}\n\n{a}", "Someone asked: {q} The reply was: {a}")
+# Questions and answers laid out at different distances teach the model to find the operands by
+# content. Like real base models, it also sees some chat-formatted text, answered tersely ("The answer
+# is 7."): SFT's job is the house style (restate the sum, then stop), which exact match checks.
+_QA_LAYOUTS = ("Question: {q} Answer: {a}", "Q: {q}\nA: {a}",
+               "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\nThe answer is {v}.<|im_end|>")
 
 
 def _facts() -> list[dict]:
@@ -36,7 +38,7 @@ def _facts() -> list[dict]:
                 "question": f"What is {a} plus {b}?",
                 "answer": f"{a} plus {b} is {value}.",
                 "wrong": f"{a} plus {b} is {wrong}.",
-                "statements": [f"{a} plus {b} is {value}.", *(qa.format(q=f"What is {a} plus {b}?", a=f"{a} plus {b} is {value}.")
+                "statements": [f"{a} plus {b} is {value}.", *(qa.format(q=f"What is {a} plus {b}?", a=f"{a} plus {b} is {value}.", v=value)
                                                               for qa in _QA_LAYOUTS)],
             })
     return facts

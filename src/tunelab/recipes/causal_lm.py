@@ -91,7 +91,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
     log_path = staging / "train_log.jsonl"
     callbacks = [rundir.TrainLogCallback(log_path), rundir.RankReportCallback()]
-    peft_config = adapters.peft_config(recipe, models.tokenizer_location(recipe.model.name_or_path))
+    peft_config = adapters.peft_config(recipe)
     trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainer
     eval_dataset = splits.eval if args.eval_strategy != "no" else None
     trainer = trainer_cls(model=model, args=args, train_dataset=splits.train, eval_dataset=eval_dataset,
