@@ -241,7 +241,8 @@ def check_keys(values: dict, known: list[str], section: str, recipe: Recipe) -> 
     for key in values:
         if key not in known:
             path = f"{section}.{key}" if section else key
-            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            # difflib misses short names ('rank' for 'r'); a shared prefix is the next best hint
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or [k for k in known if key.startswith(k)][:1]
             hint_text = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
             raise UserError(f"{recipe.origin(path)}: unknown key {path!r}{hint_text}")
 

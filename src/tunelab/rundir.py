@@ -119,7 +119,8 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
             ax.plot(*zip(*points), marker="." if key == "eval_loss" else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -16,7 +16,7 @@ def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[
     """(input_ids, mask) of one converted record; mask is 1 where the token carries loss.
 
     messages: the assistant replies with their end-of-turn token (the template's generation markers);
-    prompt/completion and preference (prompt + chosen): the completion and its end token;
+    prompt/completion and preference (prompt + chosen): the completion and what the template closes it with;
     text: every token, with the end-of-sequence token appended as TRL does.
     """
     if "messages" in row:
@@ -31,20 +31,14 @@ def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[
         if isinstance(prompt, list):
             prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
                                                        return_dict=True)["input_ids"]
+            # As TRL does, the completion is everything the template adds after the prompt (with ChatML
+            # that includes the newline after <|im_end|>).
             ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-            # ChatML ends a turn with "<|im_end|>\n"; the newline after the end token is not part of the reply.
-            ids = _strip_trailing_newline(tokenizer, ids)
         else:
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         mask = [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
     return list(ids[:max_length]), list(mask[:max_length])
-
-
-def _strip_trailing_newline(tokenizer, ids: list[int]) -> list[int]:
-    while ids and ids[-1] != tokenizer.eos_token_id and tokenizer.decode(ids[-1:]).strip() == "":
-        ids = ids[:-1]
-    return ids
 
 
 @torch.no_grad()

@@ -59,7 +59,9 @@ def _count_params(model) -> tuple[int, int]:
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
-    defaults = dict(TRAIN_DEFAULTS)
+    # Without CUDA, use_cpu makes ranks started by `accelerate launch` join one gloo process group;
+    # otherwise each CPU process would train alone and they would race on the run directory.
+    defaults = dict(TRAIN_DEFAULTS, use_cpu=not torch.cuda.is_available())
     if "gradient_checkpointing" in recipe.train:  # the deprecated name still works if a user writes it
         defaults.pop("activation_checkpointing")
     if stage == "dpo":
