@@ -78,3 +78,11 @@ def test_every_shipped_recipe_parses():
     for path in recipes:
         recipe = load_recipe(path)
         assert recipe.description, f"{path} has no description for `tunelab recipes`"
+
+
+def test_every_shipped_recipe_validates(capsys):
+    """Schema, trainer arguments, data and method checks for every recipe, hub ones included (offline)."""
+    from tunelab.cli import main
+
+    for path in sorted((RECIPES_DIR / "qwen2").glob("*.yaml")):
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err

@@ -164,7 +164,7 @@ def cmd_validate(args) -> int:
         if not models.is_run_dir(name) and name != models.EMBEDDED_QWEN2:
             models.resolve(name)
     else:
-        where = "hub (downloaded when trained)"
+        where = "on the hub, downloaded when trained"
     print(f"ok: {args.recipe}: {recipe.recipe}, {recipe.adapter.method}, model {name} ({where}), "
           f"{counts}")
     return 0
