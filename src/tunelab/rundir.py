@@ -52,7 +52,10 @@ def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
 
 
 def last_checkpoint(staging: Path) -> str | None:
-    checkpoints = sorted(staging.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    """The newest complete checkpoint: a crash during a save leaves one without trainer_state.json,
+    which the Trainer writes last."""
+    checkpoints = sorted((p for p in staging.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                         key=lambda p: int(p.name.rsplit("-", 1)[1]))
     return str(checkpoints[-1]) if checkpoints else None
 
 
