@@ -53,7 +53,8 @@ def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
 
 def last_checkpoint(staging: Path) -> str | None:
     """The newest complete checkpoint: a crash during a save leaves one without trainer_state.json,
-    which the Trainer writes last."""
+    which the Trainer writes last. transformers' get_last_checkpoint only checks that the folder
+    exists, so it would pick that broken one."""
     checkpoints = sorted((p for p in staging.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
                          key=lambda p: int(p.name.rsplit("-", 1)[1]))
     return str(checkpoints[-1]) if checkpoints else None

@@ -34,7 +34,6 @@ def _facts() -> list[dict]:
             value = a + b
             wrong = value + (1 if (a * b) % 2 else -1) if value > 0 else 1
             facts.append({
-                "kind": "sum",
                 "question": f"What is {a} plus {b}?",
                 "answer": f"{a} plus {b} is {value}.",
                 "wrong": f"{a} plus {b} is {wrong}.",
@@ -60,10 +59,10 @@ def corpus(n_docs: int = 3000, seed: int = 0) -> list[dict]:
     return [{"text": " ".join(rng.choice(statements) for _ in range(rng.randint(4, 8)))} for _ in range(n_docs)]
 
 
-def _conversation(fact: dict, rng: random.Random, reply: str | None = None) -> list[dict]:
+def _conversation(fact: dict, rng: random.Random) -> list[dict]:
     messages = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
     return messages + [{"role": "user", "content": fact["question"]},
-                       {"role": "assistant", "content": reply or fact["answer"]}]
+                       {"role": "assistant", "content": fact["answer"]}]
 
 
 def sft(split: str) -> list[dict]:

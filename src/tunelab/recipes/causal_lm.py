@@ -32,15 +32,17 @@ TRAIN_DEFAULTS = {
     "include_num_input_tokens_seen": "non_padding",
 }
 # Pad to the longest in a batch of similar lengths: measured faster on the CPU than padding-free packing
-# (README, "Speed"). DPOTrainer's prepared data has no single length column, so DPO keeps random order.
+# (README, "Speed"). Measured for SFT only, so DPO keeps the Trainer's default (random) order.
 LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
+_NO_LIMIT = 10**9
 
 
-def _record_length(tokenizer, row: dict, max_length: int) -> int:
+def _record_length(tokenizer, row: dict) -> int:
+    """Untruncated token count, so overlong records can be counted (or dropped) before TRL truncates them."""
     if "rejected" in row:  # a preference pair is as long as its longer side
-        return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, max_length)[0])
+        return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
                    for k in ("chosen", "rejected"))
-    return len(loss_tokens(tokenizer, row, max_length)[0])
+    return len(loss_tokens(tokenizer, row, _NO_LIMIT)[0])
 
 
 def _sft_loss_args(recipe: Recipe) -> dict:
@@ -87,7 +89,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
 
     for name in ("train", "eval"):
         ds = getattr(splits, name)
-        lengths = [_record_length(tokenizer, row, 10**9) for row in ds]
+        lengths = [_record_length(tokenizer, row) for row in ds]
         setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
 
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
