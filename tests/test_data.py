@@ -91,3 +91,15 @@ def test_preference_pairs_reject_a_plausible_mistake():
         a, b, c = (int(x) for x in chosen.removesuffix(".").replace(" plus ", " ").replace(" is ", " ").split())
         wrong = int(rejected.removesuffix(".").rsplit(" ", 1)[1])
         assert a + b == c and abs(wrong - c) == 1
+
+
+def test_embedded_cache_is_named_by_its_recipe(tmp_path, monkeypatch):
+    """Editing the pretrain recipe must not reuse a default built from the old one."""
+    from tunelab import models
+
+    before = models.embedded_run_dir()
+    assert before == models.embedded_run_dir()  # deterministic
+    edited = tmp_path / "pretrain_tiny.yaml"
+    edited.write_text(models.EMBEDDED_RECIPE.read_text().replace("hidden_size: 128", "hidden_size: 96"))
+    monkeypatch.setattr(models, "EMBEDDED_RECIPE", edited)
+    assert models.embedded_run_dir() != before

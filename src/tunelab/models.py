@@ -5,11 +5,13 @@
 - a tunelab run directory: its `model/`, or its base with its LoRA `adapter/` merged in, so a recipe can
   start from another run (DPO after SFT);
 - `embedded:tiny-qwen2`: the offline default, built on first use by running recipes/qwen2/pretrain_tiny.yaml
-  into the cache (`$TUNELAB_CACHE`, default ~/.cache/tunelab), deterministically.
+  into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +39,15 @@ def cache_dir() -> Path:
 
 
 def embedded_run_dir() -> Path:
-    return cache_dir() / "tiny-qwen2"
+    """Named by a fingerprint of the pretrain recipe and the built-in data it trains on: after a change to
+    either, the default is built afresh instead of a stale one being reused."""
+    from tunelab.data.readers import read_records
+
+    recipe = load_recipe(EMBEDDED_RECIPE)
+    digest = hashlib.sha256(EMBEDDED_RECIPE.read_bytes())
+    for spec in (recipe.data.train, recipe.data.eval):
+        digest.update(json.dumps(read_records(spec).rows, sort_keys=True).encode())
+    return cache_dir() / f"tiny-qwen2-{digest.hexdigest()[:12]}"
 
 
 def build_embedded(overrides: list[str] = ()) -> Path:
