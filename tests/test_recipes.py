@@ -71,3 +71,15 @@ def test_overlong_records_are_counted_and_dropped_on_request(tmp_path):
     data = json.loads((out / "metrics.json").read_text())["data"]
     # with a system prompt a conversation is longer than 30 tokens, without one it is shorter
     assert 0 < data["train_overlong"] < 320 and data["train_records"] == 320
+
+
+def test_same_recipe_builds_the_same_model(tmp_path):
+    """The embedded default is promised to be deterministic: a from-scratch build twice gives equal weights."""
+    weights = []
+    for i in range(2):
+        out = tmp_path / f"build{i}"
+        assert main(["train", str(RECIPES / "pretrain_tiny.yaml"), "--output-dir", str(out), "train.max_steps=3",
+                     "train.save_strategy=no"]) == 0
+        weights.append(load_file(out / "model" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tunelab import adapters, models, rundir
@@ -80,6 +81,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     args = build_args(recipe, stage, staging)
     rundir.check_free(out, resume, overwrite)
     splits = load_splits(recipe, FORMATS[stage])
+    # The Trainer seeds only in its own __init__, after a scratch model and TRL's PEFT wrapping have drawn
+    # their initial weights: seed first, so the same recipe builds the same model.
+    transformers.set_seed(args.seed)
 
     if recipe.model.scratch is not None:
         model, tokenizer = models.scratch_model(recipe.model, (r["text"] for r in splits.train))
