@@ -1,0 +1,85 @@
+"""Hand-worked numbers for the lab's basics (src/tunelab/scratch): values a reader can check with a calculator,
+for the pieces that have no library twin, and the Transformer's masks seen from the outside."""
+
+import math
+
+import pytest
+import torch
+
+from tunelab.scratch.dpo import dpo_loss
+from tunelab.scratch.losses import cross_entropy, perplexity
+from tunelab.scratch.transformer import Seq2Seq, TransformerConfig, sinusoidal_positions
+
+pytestmark = pytest.mark.unit
+
+
+def test_sinusoidal_positions_by_hand():
+    """d_model = 4: features 0, 1 turn at 1 radian per position, features 2, 3 at 10000^(-2/4) = 0.01.
+
+    pos 0: [sin 0, cos 0, sin 0,    cos 0   ] = [0,        1,         0,        1       ]
+    pos 1: [sin 1, cos 1, sin 0.01, cos 0.01] = [0.841471, 0.540302,  0.010000, 0.999950]
+    pos 2: [sin 2, cos 2, sin 0.02, cos 0.02] = [0.909297, -0.416147, 0.019999, 0.999800]
+    """
+    expected = torch.tensor([[0.0, 1.0, 0.0, 1.0],
+                             [0.841471, 0.540302, 0.010000, 0.999950],
+                             [0.909297, -0.416147, 0.019999, 0.999800]])
+    torch.testing.assert_close(sinusoidal_positions(3, 4), expected, atol=1e-6, rtol=0)
+
+
+def test_cross_entropy_and_perplexity_by_hand():
+    """Two classes. Logits [0, ln 3] give p = [1/4, 3/4]; logits [ln 3, 0] give p = [3/4, 1/4].
+
+    Both targets are class 1: NLL = -ln(3/4) = 0.287682 and -ln(1/4) = 1.386294; the third token is ignored.
+    Mean NLL = (0.287682 + 1.386294) / 2 = 0.836988; perplexity = exp(0.836988) = 4 / sqrt(3) = 2.309401.
+    """
+    ln3 = math.log(3)
+    logits = torch.tensor([[0.0, ln3], [ln3, 0.0], [5.0, -5.0]])
+    targets = torch.tensor([1, 1, -100])
+    assert cross_entropy(logits, targets).item() == pytest.approx(0.836988, abs=1e-6)
+    assert perplexity([(logits, targets)]).item() == pytest.approx(2.309401, abs=1e-6)
+
+
+def test_dpo_loss_by_hand():
+    """beta = 0.1, two pairs.
+
+    Pair 1: the policy raised the chosen log-prob from -7 (reference) to -5 and lowered the rejected from -8 to -9.
+      chosen reward   = 0.1 * (-5 - -7) =  0.2
+      rejected reward = 0.1 * (-9 - -8) = -0.1
+      margin = 0.2 - -0.1 = 0.3;  loss = -ln sigmoid(0.3) = ln(1 + e^-0.3) = ln(1.740818) = 0.554355
+    Pair 2: the policy equals the reference: rewards 0, margin 0, loss = -ln sigmoid(0) = ln 2 = 0.693147.
+    Mean: (0.554355 + 0.693147) / 2 = 0.623751.
+
+    Label smoothing eps = 0.1 adds eps * (-ln sigmoid(-m) + ln sigmoid(m)) = eps * m to each pair, since
+    -ln sigmoid(-m) = m - ln sigmoid(m): pair 1 gives 0.554355 + 0.03 = 0.584355, pair 2 stays ln 2.
+    Mean: (0.584355 + 0.693147) / 2 = 0.638751.
+    """
+    policy_chosen, policy_rejected = torch.tensor([-5.0, -4.0]), torch.tensor([-9.0, -6.0])
+    ref_chosen, ref_rejected = torch.tensor([-7.0, -4.0]), torch.tensor([-8.0, -6.0])
+    out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
+    assert out.loss.item() == pytest.approx(0.623751, abs=1e-6)
+    torch.testing.assert_close(out.chosen_rewards, torch.tensor([0.2, 0.0]))
+    torch.testing.assert_close(out.rejected_rewards, torch.tensor([-0.1, 0.0]))
+    smoothed = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, label_smoothing=0.1)
+    assert smoothed.loss.item() == pytest.approx(0.638751, abs=1e-6)
+
+
+def _seq2seq():
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=16, nhead=4, num_encoder_layers=1, num_decoder_layers=1,
+                            dim_feedforward=32, dropout=0.0)
+    return Seq2Seq(cfg, src_vocab=10, tgt_vocab=10, pad_id=0).eval()
+
+
+def test_seq2seq_decoder_cannot_see_the_future():
+    model, src = _seq2seq(), torch.tensor([[5, 6, 7]])
+    a = model(src, torch.tensor([[1, 2, 3, 4]]))  # (1, 4, 10)
+    b = model(src, torch.tensor([[1, 2, 9, 9]]))  # the last two target tokens changed
+    torch.testing.assert_close(a[:, :2], b[:, :2])  # positions 0 and 1 cannot tell
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_seq2seq_ignores_source_padding():
+    model, tgt = _seq2seq(), torch.tensor([[1, 2, 3]])
+    short = model(torch.tensor([[5, 6, 7]]), tgt)
+    padded = model(torch.tensor([[5, 6, 7, 0, 0]]), tgt)  # the same source, padded to 5 tokens
+    torch.testing.assert_close(short, padded, atol=1e-6, rtol=0)
