@@ -1,0 +1,144 @@
+"""tunelab.scratch.qwen2 against transformers' Qwen2: norm, RoPE, logits, greedy generation, the KV cache,
+and a real tunelab run directory (`run_dir_checks`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
+
+from tunelab.parity import Check
+from tunelab.scratch import qwen2
+
+
+def tiny_config(tie: bool = True) -> transformers.Qwen2Config:
+    return transformers.Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+
+
+def tiny_hf_qwen2(tie: bool = True, seed: int = 0, std: float = 0.3) -> transformers.Qwen2ForCausalLM:
+    """A random 2-layer Qwen2. Every parameter is redrawn with a large std: HF's init leaves the q/k/v
+    biases at zero (they would go untested) and gives near-uniform next-token distributions, whose
+    near-ties could flip a greedy or beam choice on rounding noise alone."""
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(tiny_config(tie)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    return model
+
+
+def rmsnorm_diff() -> float:
+    torch.manual_seed(0)
+    ref = hf_qwen2.Qwen2RMSNorm(48, eps=1e-6)
+    ours = qwen2.RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.normal_()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 7, 48) * 5
+    return (ours(x) - ref(x)).abs().max().item()
+
+
+def rope_diff() -> float:
+    hf_cfg = tiny_config()
+    ref = hf_qwen2.Qwen2RotaryEmbedding(hf_cfg)
+    ours = qwen2.RotaryEmbedding(qwen2.Qwen2Config.from_hf(hf_cfg))
+    position_ids = torch.stack([torch.arange(64), torch.arange(64).flip(0) * 100])  # (2, 64), far ones too
+    ref_cos, ref_sin = ref(torch.zeros(1), position_ids)
+    cos, sin = ours(position_ids)
+    return max((cos - ref_cos).abs().max().item(), (sin - ref_sin).abs().max().item())
+
+
+def logits_diff(tie: bool) -> float:
+    """A left-padded batch: positions count from each row's first real token, as in generation; padded
+    query rows see no key at all and their outputs are meaningless, so only real tokens are compared."""
+    hf = tiny_hf_qwen2(tie=tie)
+    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+    input_ids = torch.randint(0, 96, (3, 12))
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[1, :4] = 0
+    attention_mask[2, :9] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = hf(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        got = ours(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    real = attention_mask.bool()
+    return (got[real] - ref[real]).abs().max().item()
+
+
+def token_diff(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Tokens that differ between two sequences (or batches of them); each token of length difference
+    counts as one."""
+    n = min(a.shape[-1], b.shape[-1])
+    rows = a.numel() // a.shape[-1]
+    return int((a[..., :n] != b[..., :n]).sum()) + abs(a.shape[-1] - b.shape[-1]) * rows
+
+
+def greedy_diff() -> int:
+    """Two prompts, with an end token that one row emits early: that row must stop while the other goes on."""
+    hf = tiny_hf_qwen2(seed=1)
+    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+    prompt = torch.randint(0, 96, (2, 5))
+    eos = int(ours.generate(prompt, max_new_tokens=6)[0, -1])
+    # HF fills finished rows with pad_token_id, ours with the end token; an explicit attention_mask,
+    # or HF would take the prompt's copies of the pad token for padding
+    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
+                      eos_token_id=eos, pad_token_id=eos)
+    return token_diff(ours.generate(prompt, max_new_tokens=20, eos_token_id=eos), ref)
+
+
+def cache_diff() -> float:
+    """The prompt in one pass, then one token at a time through the cache, against one uncached pass."""
+    ours = qwen2.Qwen2ForCausalLM.from_hf(tiny_hf_qwen2(seed=2))
+    ids = torch.randint(0, 96, (2, 16))
+    cache = qwen2.KVCache(len(ours.model.layers))
+    with torch.no_grad():
+        full = ours(ids)
+        stepped = torch.cat([ours(ids[:, :6], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache)
+                                                               for t in range(6, 16)], dim=1)
+    return (stepped - full).abs().max().item()
+
+
+PROMPTS = ["The capital of France is", "Question: what is two plus two?\nAnswer:", "Hello"]
+
+
+def run_dir_logits_diff(run_dir: Path) -> float:
+    """Our model on the weights of a finished run (LoRA merged in) against the transformers model
+    tunelab itself loads for that run, on a right-padded batch of prompts."""
+    from tunelab.models import load_run
+
+    ref, tokenizer = load_run(run_dir, merge=True)
+    ref.eval()
+    ours = qwen2.Qwen2ForCausalLM.from_hf(ref)
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = ref(**batch).logits
+        got = ours(batch["input_ids"], attention_mask=batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    return (got[real] - want[real]).abs().max().item()
+
+
+def run_dir_checks(run_dir: Path) -> list[Check]:
+    # Trained logits reach 10-30 rather than ~1 and float32 rounding grows with them (seen: ~3e-6).
+    return [Check(f"qwen2 logits, run {Path(run_dir).name}", "tunelab.models.load_run(merge=True)",
+                  lambda: run_dir_logits_diff(Path(run_dir)), 5e-5)]
+
+
+def embedded_run_diff() -> float:
+    from tunelab import models
+
+    models.build_embedded()  # no-op when the cache has it (tests/conftest.py builds a quick one)
+    return run_dir_logits_diff(models.embedded_run_dir())
+
+
+CHECKS = [
+    Check("qwen2 rmsnorm", "transformers Qwen2RMSNorm", rmsnorm_diff, 1e-6),
+    Check("qwen2 rope cos/sin", "transformers Qwen2RotaryEmbedding", rope_diff, 1e-6),
+    Check("qwen2 logits, tied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=True), 1e-5),
+    Check("qwen2 logits, untied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=False), 1e-5),
+    Check("qwen2 greedy tokens (KV cache)", "transformers generate(do_sample=False)", greedy_diff, 0),
+    Check("qwen2 cached logits", "our uncached forward", cache_diff, 1e-5),
+    Check("qwen2 logits, embedded run", "tunelab.models.load_run(embedded default)", embedded_run_diff, 5e-5),
+]

@@ -1,0 +1,234 @@
+"""Qwen2 from scratch: a decoder-only transformer with RMSNorm, rotary positions, grouped-query attention
+and a SwiGLU MLP, plus greedy generation with a KV cache.
+
+Paper: Qwen2 Technical Report, https://arxiv.org/abs/2407.10671
+HF source: https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py
+
+Parameter names are those of transformers' Qwen2ForCausalLM, so a Hugging Face state_dict loads with
+strict=True; `Qwen2ForCausalLM.from_hf(hf_model)` does exactly that. Shapes: B batch, T new tokens,
+S tokens attended to (cached + new), C hidden size, nh query heads, nkv key/value heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Qwen2Config:
+    # Defaults: Qwen2.5-0.5B. Field names match transformers' Qwen2Config.
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, hf_config) -> Qwen2Config:
+        # transformers 5 keeps rope_theta inside the rope_parameters dict
+        values = {f.name: getattr(hf_config, f.name) for f in fields(cls) if f.name != "rope_theta"}
+        return cls(**values, rope_theta=hf_config.rope_parameters["rope_theta"])
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (https://arxiv.org/abs/1910.07467): LayerNorm without the mean or the bias."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # In float32 even for half-precision weights: a mean of squares overflows float16.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., C)
+        return self.weight * xf.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (https://arxiv.org/abs/2104.09864): rotate each query/key pair of features by an angle
+    proportional to the position, so q.k depends only on the distance between tokens."""
+
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        hs = cfg.head_dim
+        # one frequency per pair of features, from 1 down to ~1/theta: fast and slow "clock hands"
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hs, 2).float() / hs)  # (hs/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, so not in the state_dict
+
+    def forward(self, position_ids):  # position_ids (B, T)
+        angles = position_ids[..., None].float() * self.inv_freq  # (B, T, hs/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, hs): feature i pairs with i + hs/2
+        return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    # HF pairs feature i with i + hs/2 (not with its neighbour, as the paper writes it); same maths,
+    # permuted features, and checkpoints are trained with this layout.
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):  # x (B, n, T, hs); cos, sin (B, T, hs)
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def repeat_kv(x, n_rep: int):  # (B, nkv, S, hs) -> (B, nkv * n_rep, S, hs)
+    B, nkv, S, hs = x.shape
+    return x[:, :, None].expand(B, nkv, n_rep, S, hs).reshape(B, nkv * n_rep, S, hs)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far: a new token then costs one row of
+    attention instead of a rerun of the whole prefix."""
+
+    def __init__(self, num_layers: int):
+        self.k: list = [None] * num_layers
+        self.v: list = [None] * num_layers
+
+    def seq_len(self) -> int:  # tokens cached so far
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def update(self, layer: int, k, v):  # k, v (B, nkv, T, hs) -> all of them so far, (B, nkv, S, hs)
+        if self.k[layer] is not None:
+            k, v = torch.cat((self.k[layer], k), dim=2), torch.cat((self.v[layer], v), dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+
+class Qwen2Attention(nn.Module):
+    """Grouped-query attention (https://arxiv.org/abs/2305.13245): nh query heads share nkv key/value
+    heads, which shrinks the KV cache nh/nkv times. Qwen2 keeps a bias on q, k and v (not on o)."""
+
+    def __init__(self, cfg: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.nh, self.nkv, self.hs = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.nh * self.hs, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hs, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hs, bias=True)
+        self.o_proj = nn.Linear(self.nh * self.hs, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated before caching: positions stick
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
+        k, v = repeat_kv(k, self.nh // self.nkv), repeat_kv(v, self.nh // self.nkv)  # (B, nh, S, hs)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hs)  # (B, nh, T, S)
+        # finfo.min rather than -inf: a padding row that may see nothing gets a uniform softmax, not NaN
+        att = att.masked_fill(~mask, torch.finfo(att.dtype).min).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, self.nh * self.hs)  # (B, T, nh*hs)
+        return self.o_proj(y)
+
+
+class Qwen2MLP(nn.Module):
+    """SwiGLU (https://arxiv.org/abs/2002.05202): a SiLU-activated gate multiplies a second projection."""
+
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2DecoderLayer(nn.Module):
+    """Pre-norm block: normalise, transform, add back to the residual stream."""
+
+    def __init__(self, cfg: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Qwen2Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = Qwen2MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask_4d(T: int, past: int, padding_mask=None):
+    """(B or 1, 1, T, S) booleans, True where query t may see key s: causal, minus padding keys.
+    padding_mask (B, S) is the tokenizer's attention_mask over cached and new tokens, 0 on padding."""
+    query_pos = past + torch.arange(T)  # (T,)
+    mask = torch.arange(past + T)[None, :] <= query_pos[:, None]  # (T, S)
+    mask = mask[None, None]  # (1, 1, T, S)
+    if padding_mask is not None:
+        mask = mask & padding_mask[:, None, None, :].bool()  # (B, 1, T, S)
+    return mask
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        B, T = input_ids.shape
+        past = cache.seq_len() if cache is not None else 0
+        if position_ids is None:  # left-padded batches should pass attention_mask.cumsum(-1) - 1
+            position_ids = (past + torch.arange(T)).expand(B, T)  # (B, T)
+        cos, sin = self.rotary_emb(position_ids)  # (B, T, hs) each, computed once for all layers
+        mask = attention_mask_4d(T, past, attention_mask)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        return self.norm(x)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:  # small models spend a large share of parameters on the vocabulary
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def from_hf(cls, hf_model) -> Qwen2ForCausalLM:
+        model = cls(Qwen2Config.from_hf(hf_model.config))
+        model.load_state_dict(hf_model.state_dict(), strict=True)
+        return model.to(hf_model.dtype).eval()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        return self.lm_head(self.model(input_ids, attention_mask, position_ids, cache))  # (B, T, vocab)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, eos_token_id: int | None = None):
+        """Greedy decoding: the prompt (B, T) runs once to fill the cache, then each step feeds only the
+        token just chosen. Rows that have emitted eos_token_id keep emitting it until all have."""
+        cache = KVCache(len(self.model.layers))
+        ids, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool)
+        for step in range(max_new_tokens):
+            logits = self(ids if step == 0 else ids[:, -1:], cache=cache)[:, -1]  # (B, vocab)
+            next_id = logits.argmax(dim=-1)  # (B,)
+            if eos_token_id is not None:
+                next_id = torch.where(done, eos_token_id, next_id)
+                done = done | (next_id == eos_token_id)
+            ids = torch.cat((ids, next_id[:, None]), dim=1)  # (B, T + step + 1)
+            if done.all():
+                break
+        return ids
