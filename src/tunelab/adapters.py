@@ -23,6 +23,9 @@ PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
 def check_method(recipe: Recipe) -> None:
     """Method/model combinations that cannot work, caught before any weight is loaded."""
     method, model = recipe.adapter.method, recipe.model
+    if (method == "qlora" or model.quantization) and not recipe.recipe.startswith("causal_lm."):
+        raise UserError(f"{recipe.origin('adapter.method')}: 4-bit loading (qlora, model.quantization) is set up for "
+                        f"causal LMs only; use lora (a small encoder fits in memory unquantized)")
     if method == "qlora" and model.quantization is None:
         model.quantization = "nf4"
     if model.quantization and method not in ("qlora", "lora"):
@@ -34,6 +37,10 @@ def check_method(recipe: Recipe) -> None:
     if recipe.recipe.endswith(".pretrain") and method in PROMPT_LEARNING:
         raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} does not fit pretraining; "
                         f"use full or lora")
+    if recipe.recipe == "encoder.tag" and method in ("prompt", "ptuning"):
+        # PEFT prepends the virtual tokens to the inputs but not to the labels of token classification
+        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} does not fit token tagging "
+                        f"(PEFT does not align its virtual tokens with the tags); use lora, prefix or full")
     if recipe.adapter.r < 1 or recipe.adapter.num_virtual_tokens < 1:
         raise UserError(f"{recipe.origin('adapter')}: adapter.r and adapter.num_virtual_tokens must be >= 1")
 
@@ -52,20 +59,28 @@ def check_model_fits(recipe: Recipe, model) -> None:
                             f"{missing[0]!r} (it has e.g. {', '.join(sorted(n for n in names if 'proj' in n)[:8])})")
 
 
-def peft_config(recipe: Recipe):
+# tunelab task -> PEFT task type (which also decides what PEFT trains besides the adapter: a fresh head).
+TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "classify": TaskType.SEQ_CLS, "tag": TaskType.TOKEN_CLS}
+
+
+def peft_config(recipe: Recipe, task: str = "causal_lm"):
     a = recipe.adapter
+    task_type = TASK_TYPES[task]
     if a.method == "full":
         return None
     if a.method in ("lora", "qlora"):
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
-                          target_modules=a.target_modules)
+        # A fresh head is trained whole (PEFT's modules_to_save), so it must not get LoRA too; all-linear
+        # would give it LoRA for token classification.
+        heads = None if task == "causal_lm" else ["classifier", "score"]
+        return LoraConfig(task_type=task_type, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
+                          target_modules=a.target_modules, exclude_modules=heads)
     if a.method == "prefix":
-        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens)
     if a.method == "prompt":
         if a.prompt_init_text:
-            return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
+            return PromptTuningConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens,
                                       prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=a.prompt_init_text,
                                       tokenizer_name_or_path=tokenizer_location(recipe.model.name_or_path))
-        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
-    return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens,
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens)
+    return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens,
                                encoder_hidden_size=a.encoder_hidden_size)

@@ -1,4 +1,4 @@
-"""`tunelab train|eval|generate|merge|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
+"""`tunelab train|eval|generate|predict|merge|parity|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -43,10 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
 
+    r = sub.add_parser("predict", help="label a text with an encoder run (classes with probabilities, or entity spans)")
+    r.add_argument("run_dir")
+    r.add_argument("--text", action="append", required=True, help="the text (repeat for several)")
+    r.add_argument("--text-pair", action="append", help="the second text of a pair run (one per --text)")
+    r.add_argument("--top", type=int, default=5, help="show this many most likely labels")
+
     m = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
     m.add_argument("run_dir")
     m.add_argument("out_dir")
     m.add_argument("--overwrite", action="store_true")
+
+    q = sub.add_parser("parity", help="check the lab's from-scratch models against transformers/peft/TRL; print a table")
+    q.add_argument("-k", dest="match", help="only checks whose component contains this text (e.g. t5, lora)")
+    q.add_argument("--run-dir", action="append", default=[],
+                   help="also compare our Qwen2 with this Qwen2 run's model (LoRA merged); repeatable")
 
     sub.add_parser("recipes", help="list the shipped recipes")
     v = sub.add_parser("validate", help="check a recipe without training")

@@ -9,17 +9,16 @@ from pathlib import Path
 from tunelab import adapters, models, rundir
 from tunelab.config import GenerateConfig, load_recipe
 from tunelab.errors import UserError
-from tunelab.recipes import stage_of
+from tunelab.recipes import module_of
 
 
 def cmd_train(args) -> int:
     from tunelab.cli import default_output_dir
-    from tunelab.recipes import causal_lm
 
     recipe = load_recipe(args.recipe, args.overrides)
-    _, stage = stage_of(recipe.recipe, recipe.origin("recipe"))
+    family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
     out = Path(args.output_dir or default_output_dir(args.recipe))
-    metrics = causal_lm.train(recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
+    metrics = family.train(recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
     if metrics:
         _print_summary(out, metrics)
     return 0
@@ -35,31 +34,22 @@ def _print_summary(out: Path, metrics: dict) -> None:
     print("  eval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
-def _eval_rows(run_dir: Path, recipe, data: str | None, fmt: str | None) -> list[dict]:
-    from tunelab.data.loading import load_dataset, load_splits
-    from tunelab.recipes.causal_lm import FORMATS
-
-    if data:
-        return load_dataset(data, fmt or recipe.data.format, recipe.data.loss_on).to_list()
-    _, stage = stage_of(recipe.recipe, str(run_dir / "recipe.yaml"))
-    return load_splits(recipe, FORMATS[stage]).eval.to_list()
-
-
-def cmd_eval(args) -> int:
-    from tunelab.evaluation.causal_lm import evaluate
-
-    run_dir = Path(args.run_dir)
+def _finished_run(run_dir: str):
+    """(run directory, its recipe, recipe module, stage) of a finished run, or a UserError."""
     if not models.is_run_dir(run_dir):
         raise UserError(f"{run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
     recipe = models.run_recipe(run_dir)
+    family, stage = module_of(recipe.recipe, str(Path(run_dir) / "recipe.yaml"))
+    return Path(run_dir), recipe, family, stage
+
+
+def cmd_eval(args) -> int:
+    run_dir, recipe, family, stage = _finished_run(args.run_dir)
     if args.max_samples is not None:
         recipe.eval.max_samples = args.max_samples
-    rows = _eval_rows(run_dir, recipe, args.data, args.format)
-    model, tokenizer = models.load_run(run_dir)
-    results = {"model": evaluate(model, tokenizer, recipe, rows)}
-    if args.baseline:
-        base, base_tokenizer = models.base_model_of(run_dir)
-        results["baseline"] = evaluate(base, base_tokenizer, recipe, rows)
+    if args.format and args.format not in family.FORMATS[stage]:
+        raise UserError(f"--format {args.format}: a {recipe.recipe} run evaluates {', '.join(family.FORMATS[stage])} data")
+    results = family.evaluate_run(run_dir, recipe, stage, args.data, args.format, args.baseline)
     _print_comparison(results)
     metrics = rundir.read_metrics(run_dir)
     if args.data:
@@ -75,13 +65,11 @@ def cmd_eval(args) -> int:
 def _print_comparison(results: dict) -> None:
     keys = [k for k, v in results["model"].items() if isinstance(v, float)]
     cols = list(results)
-    print(f"{'metric':<14}" + "".join(f"{c:>12}" for c in cols) + (f"{'difference':>12}" if "baseline" in cols else ""))
+    print(f"{'metric':<16}" + "".join(f"{c:>12}" for c in cols) + (f"{'difference':>12}" if "baseline" in cols else ""))
     for k in keys:
         vals = [results[c].get(k, float("nan")) for c in cols]
         diff = f"{vals[0] - vals[1]:>+12.4f}" if "baseline" in cols else ""
-        print(f"{k:<14}" + "".join(f"{v:>12.4f}" for v in vals) + diff)
-    for sample in results["model"].get("samples", [])[:3]:
-        print(f"  Q: {sample['prompt']}\n  A: {sample['generated']}   (reference: {sample['reference']})")
+        print(f"{k:<16}" + "".join(f"{v:>12.4f}" for v in vals) + diff)
 
 
 def cmd_generate(args) -> int:
@@ -94,10 +82,11 @@ def cmd_generate(args) -> int:
     check_generate(g)
     if not args.prompt and not args.chat:
         raise UserError("generate: give --prompt TEXT or --chat")
-    if not models.is_run_dir(args.run_dir):
-        raise UserError(f"{args.run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
+    run_dir, recipe, family, _ = _finished_run(args.run_dir)
+    if not recipe.recipe.startswith("causal_lm."):
+        raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
     torch.manual_seed(args.seed)
-    model, tokenizer = models.load_run(args.run_dir)
+    model, tokenizer = family.load_run(run_dir)
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt:
         prompt = args.prompt if args.raw else history + [{"role": "user", "content": args.prompt}]
@@ -115,12 +104,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    run_dir, out = Path(args.run_dir), Path(args.out_dir)
-    if not (run_dir / "adapter").is_dir() or not models.is_run_dir(run_dir):
+    run_dir, _, family, _ = _finished_run(args.run_dir)
+    out = Path(args.out_dir)
+    if not (run_dir / "adapter").is_dir():
         raise UserError(f"{run_dir}: no adapter/ to merge (a full fine-tuning run already has a standalone model/)")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out}: exists; pass --overwrite to replace it")
-    model, tokenizer = models.load_run(run_dir, merge=True)
+    model, tokenizer = family.load_run(run_dir, merge=True)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -145,29 +135,62 @@ def cmd_validate(args) -> int:
     """Schema, trainer arguments, data files and records, method/model fit: everything but the weights."""
     from tunelab.data.loading import load_splits
     from tunelab.data.readers import is_hub_data
-    from tunelab.recipes.causal_lm import FORMATS, build_args
 
     recipe = load_recipe(args.recipe, args.overrides)
-    _, stage = stage_of(recipe.recipe, recipe.origin("recipe"))
+    family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
     adapters.check_method(recipe)
-    build_args(recipe, stage, Path("runs") / "validate")
+    family.build_args(recipe, stage, Path("runs") / "validate")
     if is_hub_data(recipe.data.train):
         counts = "hub data (fetched when trained)"
     else:
-        report = load_splits(recipe, FORMATS[stage]).report
+        report = load_splits(recipe, family.FORMATS[stage]).report
         counts = f"{report['train_records']} train / {report['eval_records']} eval records"
     name = recipe.model.name_or_path
     if recipe.model.scratch is not None:
         where = "built from scratch"
-    elif name == models.EMBEDDED_QWEN2 or models.is_run_dir(name) or Path(name).exists():
+    elif name.startswith("embedded:") or models.is_run_dir(name) or Path(name).exists():
         where = "local"
-        if not models.is_run_dir(name) and name != models.EMBEDDED_QWEN2:
+        if not models.is_run_dir(name) and name != models.EMBEDDED_QWEN2:  # the Qwen2 default is built on use
             models.resolve(name)
     else:
         where = "on the hub, downloaded when trained"
     print(f"ok: {args.recipe}: {recipe.recipe}, {recipe.adapter.method}, model {name} ({where}), "
           f"{counts}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    run_dir, recipe, family, stage = _finished_run(args.run_dir)
+    if not hasattr(family, "predict"):
+        raise UserError(f"{run_dir}: a {recipe.recipe} run does not predict labels; use `tunelab generate`")
+    for line in family.predict(run_dir, recipe, stage, args):
+        print(line)
+    return 0
+
+
+def cmd_parity(args) -> int:
+    """Exit 1 if any check fails: a failed parity check is a bug in the lab, not a user mistake."""
+    import torch
+
+    from tunelab import parity
+    from tunelab.parity.qwen2 import run_dir_checks
+
+    # The checks use tiny tensors: on a small shared CPU one thread is faster than the default pool.
+    torch.set_num_threads(1)
+    checks = parity.all_checks()
+    for run in args.run_dir:
+        if not models.is_run_dir(run) or not models.run_recipe(run).recipe.startswith("causal_lm."):
+            raise UserError(f"--run-dir {run}: not a finished Qwen2 (causal_lm) run directory")
+        checks += run_dir_checks(Path(run))
+    if args.match:
+        checks = [c for c in checks if args.match.lower() in c.component.lower()]
+        if not checks:
+            raise UserError(f"-k {args.match}: no check's component contains it")
+    results = [parity.run(check) for check in checks]
+    print(parity.table(results))
+    failed = sum(not r.passed for r in results)
+    print(f"\n{len(results) - failed} of {len(results)} checks pass ({sum(r.seconds for r in results):.1f} s)")
+    return 1 if failed else 0
 
 
 def cmd_demo(args) -> int:

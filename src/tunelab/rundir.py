@@ -131,17 +131,60 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def model_card(recipe_dict: dict, metrics: dict) -> str:
+def model_card(recipe_dict: dict, metrics: dict, auto_class: str) -> str:
     method = recipe_dict["adapter"]["method"]
     saved = "model/" if method == "full" else "adapter/"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.get("eval", {}).items() if isinstance(v, (int, float)))
-    load = ("from transformers import AutoModelForCausalLM\n"
-            "model = AutoModelForCausalLM.from_pretrained('model')" if method == "full" else
-            "from peft import AutoPeftModelForCausalLM\n"
-            "model = AutoPeftModelForCausalLM.from_pretrained('adapter')")
+    peft_class = "AutoPeft" + auto_class.removeprefix("Auto")
+    load = (f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained('model')" if method == "full"
+            else f"from peft import {peft_class}\nmodel = {peft_class}.from_pretrained('adapter')")
     return (f"# {recipe_dict['recipe']} run\n\n{recipe_dict.get('description', '')}\n\n"
             f"- base model: `{recipe_dict['model']['name_or_path']}`\n- method: {method}\n"
             f"- train data: `{recipe_dict['data']['train']}` ({recipe_dict['data']['format']})\n"
             f"- trainable parameters: {metrics.get('trainable_params', 0):,} of {metrics.get('total_params', 0):,}\n"
             f"- saved in `{saved}`; the resolved recipe is `recipe.yaml`\n\n"
             f"| eval metric | value |\n|---|---|\n{rows}\n\n```python\n{load}\n```\n")
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total). peft counts 4-bit weights at their real size."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def train_metrics(trainer, result) -> dict:
+    """Loss, steps, time and throughput of a finished Trainer run, from its own state."""
+    state = trainer.state
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    runtime = result.metrics.get("train_runtime", 0.0)
+    tokens = state.num_input_tokens_seen
+    return {
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "mean_loss": result.training_loss,
+        "steps": state.global_step,
+        "runtime_s": round(runtime, 2),
+        "non_padding_tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1) if runtime and tokens else None,
+        "device": str(next(trainer.model.parameters()).device) + (f" x{torch.cuda.device_count()}"
+                                                                  if torch.cuda.is_available() else ""),
+    }
+
+
+def portable(name_or_path: str) -> str:
+    """Local paths become absolute, so the run still finds its base from any working directory."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def write_run(staging: Path, out: Path, recipe_dict: dict, metrics: dict, auto_class: str) -> None:
+    """The files every run has besides its weights, then the rename that makes the run visible."""
+    from tunelab.config import dump_yaml
+
+    recipe_dict["model"]["name_or_path"] = portable(recipe_dict["model"]["name_or_path"])
+    (staging / "recipe.yaml").write_text(dump_yaml(recipe_dict), encoding="utf-8")
+    write_json(staging / "metrics.json", metrics)
+    plot_losses(staging / "train_log.jsonl", staging / "loss.png")
+    (staging / "README.md").write_text(model_card(recipe_dict, metrics, auto_class), encoding="utf-8")
+    finalize(staging, out)

@@ -1,6 +1,6 @@
 """Built-in data sets, generated deterministically so that every answer can be checked.
 
-The world: the 100 single-digit addition facts, few enough for a one-million-parameter model to
+Causal LM sets (this file). The world: the 100 single-digit addition facts, few enough for a one-million-parameter model to
 learn in about a minute on a 2-core CPU.
 - `corpus`: pretraining text that states every fact, in a few phrasings (some as question and answer,
   as web text has FAQ pages), shuffled into documents.
@@ -9,12 +9,16 @@ learn in about a minute on a 2-core CPU.
   pretraining taught it into the reply style that SFT taught it.
 - `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
   off-by-one sum).
+Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging).
 Every split is a plain list of records in one of the formats of `tunelab.data.formats`.
 """
 
 from __future__ import annotations
 
 import random
+
+from tunelab.data.builtin_address import addresses
+from tunelab.data.builtin_intents import intent_pairs, intents
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
 
@@ -92,6 +96,14 @@ def corpus_eval() -> list[dict]:
 
 # name -> (generator, format it produces)
 DATASETS = {
+    "intents_train": (lambda: intents("train"), "classification"),
+    "intents_eval": (lambda: intents("eval"), "classification"),
+    "intent_pairs_train": (lambda: intent_pairs("train"), "pair"),
+    "intent_pairs_eval": (lambda: intent_pairs("eval"), "pair"),
+    "address_en_train": (lambda: addresses("en", "train"), "tagging"),
+    "address_en_eval": (lambda: addresses("en", "eval"), "tagging"),
+    "address_zh_train": (lambda: addresses("zh", "train"), "tagging"),
+    "address_zh_eval": (lambda: addresses("zh", "eval"), "tagging"),
     "corpus": (corpus, "text"),
     "corpus_eval": (corpus_eval, "text"),
     "sft_train": (lambda: sft("train"), "messages"),

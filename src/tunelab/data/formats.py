@@ -8,12 +8,16 @@
 | sharegpt          | {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}   | conversational           |
 | prompt_completion | {"prompt", "completion"}: strings or message lists               | prompt-completion        |
 | preference        | {"prompt", "chosen", "rejected"}: strings or message lists       | preference               |
+| classification    | {"text", "label"}: label a name or an id                          | sequence classification  |
+| pair              | {"text", "text_pair", "label"}                                   | sequence-pair classification |
+| tagging           | {"tokens": [...], "tags": [...]}, one tag per token (or .conll)  | token classification     |
 """
 
 from __future__ import annotations
 
 import datasets
 
+from tunelab.data.labels import TAG_PREFIXES
 from tunelab.data.readers import Records
 from tunelab.errors import UserError
 
@@ -26,7 +30,12 @@ REQUIRED = {
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "classification": ("text", "label"),
+    "pair": ("text", "text_pair", "label"),
+    "tagging": ("tokens", "tags"),
 }
+# What each format looks like, to name the right one when a record has the wrong fields.
+_SIGNATURES = {"tagging": "tokens", "classification": "label", "messages": "messages", "preference": "chosen"}
 
 
 def _check_messages(messages, where: str, field: str, need_assistant: bool) -> None:
@@ -51,17 +60,20 @@ def _check_text_or_messages(row: dict, key: str, where: str) -> None:
         raise UserError(f"{where}: field {key!r} should be a non-empty string or a list of messages")
 
 
-def check(records: Records, fmt: str) -> None:
+def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
     """Raise a UserError naming the first bad record's line and field."""
-    if records.builtin_format and records.builtin_format != fmt:
-        raise UserError(f"{records.source}: this built-in set is in the {records.builtin_format!r} format, "
+    if records.implied_format and records.implied_format != fmt:
+        kind = "built-in set" if records.source.startswith("builtin:") else "file"
+        raise UserError(f"{records.source}: this {kind} is in the {records.implied_format!r} format, "
                         f"but data.format is {fmt!r}")
     for i, row in enumerate(records.rows):
         where = records.where(i)
         missing = [k for k in REQUIRED[fmt] if row.get(k) is None]
         if missing:
+            looks_like = next((f for f, key in _SIGNATURES.items() if key in row and f != fmt), None)
+            hint = f"; it looks like {looks_like!r} data" if looks_like else ""
             raise UserError(f"{where}: record has no {missing[0]!r} field (format {fmt!r} needs "
-                            f"{', '.join(REQUIRED[fmt])}; it has {', '.join(row) or 'nothing'})")
+                            f"{', '.join(REQUIRED[fmt])}; it has {', '.join(row) or 'nothing'}{hint})")
         if fmt == "text" and (not isinstance(row["text"], str) or not row["text"].strip()):
             raise UserError(f"{where}: field 'text' should be a non-empty string")
         elif fmt == "messages":
@@ -80,6 +92,35 @@ def check(records: Records, fmt: str) -> None:
         elif fmt in ("prompt_completion", "preference"):
             for key in REQUIRED[fmt]:
                 _check_text_or_messages(row, key, where)
+        elif fmt in ("classification", "pair"):
+            _check_labelled_text(row, fmt, where)
+        elif fmt == "tagging":
+            _check_tokens_and_tags(row, where, tag_scheme)
+
+
+def _check_labelled_text(row: dict, fmt: str, where: str) -> None:
+    for key in ("text", "text_pair") if fmt == "pair" else ("text",):
+        if not isinstance(row[key], str):
+            raise UserError(f"{where}: field {key!r} should be a string, got {type(row[key]).__name__}")
+        if not row[key].strip():
+            raise UserError(f"{where}: field {key!r} is empty")
+    if isinstance(row["label"], bool) or not isinstance(row["label"], (str, int)) or row["label"] == "":
+        raise UserError(f"{where}: field 'label' should be a label name or an integer id, got {row['label']!r}")
+
+
+def _check_tokens_and_tags(row: dict, where: str, scheme: str) -> None:
+    tokens, tags = row["tokens"], row["tags"]
+    for key, value in (("tokens", tokens), ("tags", tags)):
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+            raise UserError(f"{where}: field {key!r} should be a non-empty list of non-empty strings")
+    if len(tokens) != len(tags):
+        raise UserError(f"{where}: {len(tokens)} tokens but {len(tags)} tags (one tag per token)")
+    prefixes = TAG_PREFIXES[scheme]
+    for tag in tags:
+        prefix, dash, kind = tag.partition("-")
+        if tag != "O" and (not dash or prefix not in prefixes or not kind):
+            raise UserError(f"{where}: tag {tag!r} does not fit the {scheme} tag scheme (expected O or "
+                            f"{'/'.join(prefixes)}-TYPE, e.g. B-CITY; data.tag_scheme chooses the scheme)")
 
 
 def _alpaca_to_messages(row: dict) -> dict:
@@ -101,7 +142,7 @@ def to_dataset(records: Records, fmt: str, loss_on: str = "assistant") -> datase
     """Checked records -> a Dataset in the shape TRL takes for this format and loss choice."""
     ds = datasets.Dataset.from_list(records.rows)
     keep = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"],
-            "preference": ["prompt", "chosen", "rejected"]}
+            "preference": ["prompt", "chosen", "rejected"], **{f: list(REQUIRED[f]) for f in ("classification", "pair", "tagging")}}
     if fmt == "alpaca":
         ds, fmt = ds.map(_alpaca_to_messages, remove_columns=ds.column_names), "messages"
     elif fmt == "sharegpt":

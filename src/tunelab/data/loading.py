@@ -1,4 +1,5 @@
-"""From a recipe's `data:` section to checked train and eval Datasets in TRL's shapes."""
+"""From a recipe's `data:` section to checked train and eval Datasets in TRL's shapes (or, for the
+encoder formats, with their labels checked against the train data's label set)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass, field
 import datasets
 
 from tunelab.config import DataConfig, Recipe
-from tunelab.data import formats
-from tunelab.data.readers import read_records
+from tunelab.data import formats, labels
+from tunelab.data.readers import Records, read_records
 from tunelab.errors import UserError
 
 
@@ -17,14 +18,25 @@ class Splits:
     train: datasets.Dataset
     eval: datasets.Dataset
     report: dict = field(default_factory=dict)
+    labels: list[str] | None = None  # the encoder formats' label names, in id order
 
 
-def load_dataset(spec: str, fmt: str, loss_on: str, limit: int | None = None) -> datasets.Dataset:
+def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None) -> Records:
     records = read_records(spec)
-    formats.check(records, fmt)
+    formats.check(records, fmt, d.tag_scheme)
     if limit is not None:
         records.rows, records.lines = records.rows[:limit], records.lines[:limit]
-    return formats.to_dataset(records, fmt, loss_on)
+    return records
+
+
+def load_dataset(spec: str, d: DataConfig, fmt: str | None = None, label_names: list[str] | None = None,
+                 known_from: str = "the run's train data") -> datasets.Dataset:
+    """One file or built-in set; for the encoder formats, its labels must be among `label_names`."""
+    fmt = fmt or d.format
+    records = _read(spec, d, fmt)
+    if fmt in labels.LABELLED:
+        labels.use_names(records, fmt, label_names, bool(d.labels), known_from)
+    return formats.to_dataset(records, fmt, d.loss_on)
 
 
 def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
@@ -32,9 +44,15 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
     if d.format not in allowed_formats:
         raise UserError(f"{recipe.origin('data.format')}: data.format = {d.format!r} does not fit {recipe.recipe} "
                         f"(use {', '.join(allowed_formats)})")
-    train = load_dataset(d.train, d.format, d.loss_on, d.max_train_samples)
+    train_records = _read(d.train, d, d.format, d.max_train_samples)
+    names = None
+    if d.format in labels.LABELLED:
+        names = labels.label_names(train_records, d)
+        known_from = "data.labels" if d.labels else "the train data"
+        labels.use_names(train_records, d.format, names, bool(d.labels), known_from)
+    train = formats.to_dataset(train_records, d.format, d.loss_on)
     if d.eval:
-        eval_ds = load_dataset(d.eval, d.format, d.loss_on)
+        eval_ds = load_dataset(d.eval, d, label_names=names, known_from=f"the train data ({d.train})")
     else:
         if not 0 < d.eval_fraction < 1:
             raise UserError(f"{recipe.origin('data.eval_fraction')}: with no data.eval, data.eval_fraction must be "
@@ -45,12 +63,12 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
         train, eval_ds = parts["train"], parts["test"]
     if d.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(d.max_eval_samples, len(eval_ds))))
-    return Splits(train, eval_ds, {"train_records": len(train), "eval_records": len(eval_ds)})
+    return Splits(train, eval_ds, {"train_records": len(train), "eval_records": len(eval_ds)}, names)
 
 
 def apply_length_limit(ds: datasets.Dataset, lengths: list[int], d: DataConfig, split: str,
                        report: dict) -> datasets.Dataset:
-    """Count the records longer than max_length; drop them if the recipe says so (TRL truncates the rest)."""
+    """Count the records longer than max_length; drop them if the recipe says so (the rest are truncated)."""
     over = [i for i, n in enumerate(lengths) if n > d.max_length]
     report[f"{split}_overlong"] = len(over)
     if over:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tunelab.data import builtin
 from tunelab.errors import UserError
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".conll")
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Records:
     rows: list[dict]
     source: str
     lines: list[int | None]
-    builtin_format: str | None = None
+    implied_format: str | None = None  # the format a built-in set or a CoNLL file is in
 
     def where(self, index: int) -> str:
         line = self.lines[index]
@@ -72,6 +72,35 @@ def _read_csv(path: Path) -> Records:
     return Records(rows, str(path), lines)
 
 
+def _read_conll(path: Path) -> Records:
+    """CoNLL layout: one `token ... tag` per line (first column the token, last the tag), a blank line
+    between sentences, `-DOCSTART-` lines skipped. Each sentence becomes {"tokens", "tags"}."""
+    rows, lines = [], []
+    tokens, tags, start = [], [], None
+
+    def flush():
+        if tokens:
+            rows.append({"tokens": list(tokens), "tags": list(tags)})
+            lines.append(start)
+            tokens.clear()
+            tags.clear()
+
+    with path.open(encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            columns = text.split()
+            if not columns or columns[0] == "-DOCSTART-":
+                flush()
+                continue
+            if len(columns) < 2:
+                raise UserError(f"{path}:{number}: expected a token and a tag separated by whitespace, got {text.strip()!r}")
+            if not tokens:
+                start = number
+            tokens.append(columns[0])
+            tags.append(columns[-1])
+    flush()
+    return Records(rows, str(path), lines, implied_format="tagging")
+
+
 def _read_parquet(path: Path) -> Records:
     import datasets
 
@@ -109,12 +138,13 @@ def read_records(spec: str) -> Records:
             raise UserError(f"{spec}: unknown built-in data set (have: {', '.join(sorted(builtin.DATASETS))})")
         make, fmt = builtin.DATASETS[name]
         rows = make()
-        return Records(rows, spec, [None] * len(rows), builtin_format=fmt)
+        return Records(rows, spec, [None] * len(rows), implied_format=fmt)
     path = Path(spec)
     if _looks_local(spec):
         if not path.is_file():
             raise UserError(f"{spec}: data file not found")
-        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}.get(path.suffix)
+        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet,
+                  ".conll": _read_conll}.get(path.suffix)
         if reader is None:
             raise UserError(f"{spec}: unsupported file type {path.suffix!r} (use {', '.join(LOCAL_SUFFIXES)})")
         records = reader(path)

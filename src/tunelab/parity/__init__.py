@@ -35,10 +35,17 @@ class Result:
         return self.diff <= self.check.tol  # NaN fails
 
 
+# The README's reading order: from attention to Qwen2 and the other families, then the fine-tuning methods.
+# A module not listed here still runs, after these.
+READING_ORDER = ["transformer", "losses", "qwen2", "rope", "moe", "decoding", "bert", "t5", "clip", "lora", "prefix", "dpo"]
+
+
 def all_checks() -> list[Check]:
+    names = [info.name for info in pkgutil.iter_modules(__path__)]
+    names.sort(key=lambda n: (READING_ORDER.index(n) if n in READING_ORDER else len(READING_ORDER), n))
     checks = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        checks.extend(importlib.import_module(f"{__name__}.{info.name}").CHECKS)
+    for name in names:
+        checks.extend(importlib.import_module(f"{__name__}.{name}").CHECKS)
     return checks
 
 

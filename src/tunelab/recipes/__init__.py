@@ -1,8 +1,13 @@
-"""Recipe modules. `recipe: causal_lm.sft` in a YAML file names module `causal_lm`, stage `sft`."""
+"""Recipe modules. `recipe: causal_lm.sft` in a YAML file names module `causal_lm`, stage `sft`.
+
+Each module has FORMATS (stage -> data formats), build_args, train, load_run, base_model_of and evaluate_run.
+"""
+
+import importlib
 
 from tunelab.errors import UserError
 
-STAGES = {"causal_lm": ("pretrain", "sft", "dpo")}
+STAGES = {"causal_lm": ("pretrain", "sft", "dpo"), "encoder": ("classify", "pair", "tag")}
 
 
 def stage_of(name: str, origin: str) -> tuple[str, str]:
@@ -11,3 +16,9 @@ def stage_of(name: str, origin: str) -> tuple[str, str]:
         known = ", ".join(f"{m}.{s}" for m, stages in STAGES.items() for s in stages)
         raise UserError(f"{origin}: recipe = {name!r} is not a known recipe (have: {known})")
     return module, stage
+
+
+def module_of(name: str, origin: str):
+    """(recipe module, stage) for a recipe name such as encoder.tag."""
+    module, stage = stage_of(name, origin)
+    return importlib.import_module(f"tunelab.recipes.{module}"), stage

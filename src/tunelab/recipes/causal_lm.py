@@ -15,10 +15,11 @@ import transformers
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tunelab import adapters, models, rundir
-from tunelab.config import Recipe, dump_yaml, to_dict, trainer_args
-from tunelab.data.loading import apply_length_limit, load_splits
+from tunelab.config import Recipe, to_dict, trainer_args
+from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.evaluation.causal_lm import evaluate
 from tunelab.evaluation.perplexity import loss_tokens
+from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
 
 FORMATS = {
     "pretrain": ("text",),
@@ -53,12 +54,6 @@ def _sft_loss_args(recipe: Recipe) -> dict:
     if recipe.data.format in ("messages", "alpaca", "sharegpt") and recipe.data.loss_on == "assistant":
         return {"assistant_only_loss": True}
     return {}  # prompt/completion: TRL trains the completion only; text: every token
-
-
-def _count_params(model) -> tuple[int, int]:
-    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts 4-bit weights at their real size
-        return model.get_nb_trainable_parameters()
-    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -113,47 +108,34 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
     trainer.save_model(str(saved))
     tokenizer.save_pretrained(str(saved))
-    trainable, total = _count_params(trainer.model)
+    trainable, total = rundir.count_params(trainer.model)
     metrics = {
         "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
         "chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
         "trainable_params": trainable, "total_params": total,
-        "train": _train_metrics(trainer, result),
+        "train": rundir.train_metrics(trainer, result),
         "eval": {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
                  **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}},
         "data": splits.report,
         **rundir.peak_memory_mb(),
         "wall_time_s": round(time.time() - started, 1),
     }
-    recipe_dict = to_dict(recipe)
-    recipe_dict["model"]["name_or_path"] = _portable(recipe.model.name_or_path)
-    (staging / "recipe.yaml").write_text(dump_yaml(recipe_dict), encoding="utf-8")
-    rundir.write_json(staging / "metrics.json", metrics)
-    rundir.plot_losses(log_path, staging / "loss.png")
-    (staging / "README.md").write_text(rundir.model_card(recipe_dict, metrics), encoding="utf-8")
-    rundir.finalize(staging, out)
+    rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForCausalLM")
     return metrics
 
 
-def _portable(name_or_path: str) -> str:
-    """Local paths become absolute, so the run still finds its base from any working directory."""
-    path = Path(name_or_path)
-    return str(path.resolve()) if path.exists() else name_or_path
-
-
-def _train_metrics(trainer, result) -> dict:
-    state = trainer.state
-    losses = [e["loss"] for e in state.log_history if "loss" in e]
-    runtime = result.metrics.get("train_runtime", 0.0)
-    tokens = state.num_input_tokens_seen
-    return {
-        "final_loss": losses[-1] if losses else result.training_loss,
-        "first_loss": losses[0] if losses else None,
-        "mean_loss": result.training_loss,
-        "steps": state.global_step,
-        "runtime_s": round(runtime, 2),
-        "non_padding_tokens": tokens,
-        "tokens_per_second": round(tokens / runtime, 1) if runtime and tokens else None,
-        "device": str(next(trainer.model.parameters()).device) + (f" x{torch.cuda.device_count()}"
-                                                                  if torch.cuda.is_available() else ""),
-    }
+def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fmt: str | None,
+                 baseline: bool) -> dict:
+    """{"model": metrics, "baseline": metrics of the base model (with --baseline)} on the eval split or `data`."""
+    if data:
+        rows = load_dataset(data, recipe.data, fmt).to_list()
+    else:
+        rows = load_splits(recipe, FORMATS[stage]).eval.to_list()
+    model, tokenizer = load_run(run_dir)
+    results = {"model": evaluate(model, tokenizer, recipe, rows)}
+    if baseline:
+        base, base_tokenizer = base_model_of(run_dir)
+        results["baseline"] = evaluate(base, base_tokenizer, recipe, rows)
+    for sample in results["model"].get("samples", [])[:3]:
+        print(f"  Q: {sample['prompt']}\n  A: {sample['generated']}   (reference: {sample['reference']})")
+    return results
