@@ -1,11 +1,14 @@
 """Hand-worked numbers for the lab's basics (src/tunelab/scratch): values a reader can check with a calculator,
-for the pieces that have no library twin, and the Transformer's masks seen from the outside."""
+for the pieces that have no library twin, the Transformer's masks seen from the outside, and the configs
+the from-scratch models refuse to load."""
 
 import math
 
 import pytest
 import torch
+import transformers
 
+from tunelab.scratch import bert, clip, qwen2
 from tunelab.scratch.dpo import dpo_loss
 from tunelab.scratch.losses import cross_entropy, perplexity
 from tunelab.scratch.transformer import Seq2Seq, TransformerConfig, sinusoidal_positions
@@ -83,3 +86,25 @@ def test_seq2seq_ignores_source_padding():
     short = model(torch.tensor([[5, 6, 7]]), tgt)
     padded = model(torch.tensor([[5, 6, 7, 0, 0]]), tgt)  # the same source, padded to 5 tokens
     torch.testing.assert_close(short, padded, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: qwen2.Qwen2Config.from_hf(transformers.Qwen2Config(
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6})),
+    lambda: qwen2.Qwen2Config.from_hf(transformers.Qwen2Config(use_sliding_window=True)),
+    lambda: qwen2.Qwen2Config.from_hf(transformers.Qwen2Config(hidden_act="gelu")),
+    lambda: bert.BertConfig.from_hf(transformers.BertConfig(hidden_act="relu")),
+    lambda: bert.BertConfig.from_hf(transformers.BertConfig(position_embedding_type="relative_key")),
+    lambda: clip.CLIPConfig.from_hf(transformers.CLIPConfig(text_config={"hidden_act": "gelu"})),
+    lambda: clip.CLIPConfig.from_hf(transformers.CLIPConfig(vision_config={"hidden_act": "gelu"})),
+], ids=["qwen2 rope scaling", "qwen2 sliding window", "qwen2 gelu", "bert relu", "bert relative positions",
+        "clip text gelu", "clip vision gelu"])
+def test_from_hf_refuses_what_the_scratch_code_does_not_implement(build):
+    with pytest.raises(ValueError, match="implements"):
+        build()
+
+
+def test_from_hf_accepts_the_defaults():
+    qwen2.Qwen2Config.from_hf(transformers.Qwen2Config())
+    bert.BertConfig.from_hf(transformers.BertConfig())
+    clip.CLIPConfig.from_hf(transformers.CLIPConfig())

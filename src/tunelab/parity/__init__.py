@@ -37,7 +37,8 @@ class Result:
 
 # The README's reading order: from attention to Qwen2 and the other families, then the fine-tuning methods.
 # A module not listed here still runs, after these.
-READING_ORDER = ["transformer", "losses", "qwen2", "rope", "moe", "decoding", "bert", "t5", "clip", "lora", "prefix", "dpo"]
+READING_ORDER = ["transformer", "losses", "qwen2", "rope_scaling", "moe", "decoding", "bert", "t5", "clip", "lora",
+                 "prefix", "dpo"]
 
 
 def all_checks() -> list[Check]:

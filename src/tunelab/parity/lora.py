@@ -62,17 +62,21 @@ def merge() -> float:
 
 
 def unmerge() -> float:
+    """The restored base weights, and the outputs: once unmerged, the adapter must be applied on the side
+    again (a layer still marked merged would return the bare base model's output)."""
     ours, theirs = _pair()
     theirs.merge_adapter()
     theirs.unmerge_adapter()
     for name in TARGETS:
         ours.get_submodule(name).merge()
         ours.get_submodule(name).unmerge()
-    return (_weights(ours) - _weights(theirs.base_model.model)).abs().max().item()
+    x = torch.randn(3, 8)
+    return max((_weights(ours) - _weights(theirs.base_model.model)).abs().max().item(),
+               (ours(x) - theirs(x)).abs().max().item())
 
 
 CHECKS = [
     Check("lora forward", "peft get_peft_model(LoraConfig)", forward, 1e-6),
     Check("lora merge", "peft merge_adapter: weights and outputs", merge, 1e-6),
-    Check("lora unmerge", "peft merge_adapter then unmerge_adapter: weights", unmerge, 1e-6),
+    Check("lora unmerge", "peft merge_adapter then unmerge_adapter: weights and outputs", unmerge, 1e-6),
 ]

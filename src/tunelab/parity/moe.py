@@ -17,8 +17,9 @@ def hf_config(norm_topk_prob: bool = False) -> transformers.Qwen2MoeConfig:
 
 
 def block_diff() -> float:
-    """With and without renormalised top-k weights. Every parameter is drawn at random: built outside a
-    model, HF leaves the experts uninitialised (torch.empty) and the router at zero (all ties)."""
+    """With and without renormalised top-k weights: the block's output, and the router logits it returns
+    for the auxiliary loss. Every parameter is drawn at random: built outside a model, HF leaves the
+    experts uninitialised (torch.empty) and the router at zero (all ties)."""
     worst = 0.0
     for seed, norm_topk_prob in enumerate((False, True)):
         torch.manual_seed(seed)
@@ -31,8 +32,10 @@ def block_diff() -> float:
         ours.load_state_dict(ref.state_dict(), strict=True)
         x = torch.randn(3, 10, 32)
         with torch.no_grad():
-            y, _ = ours(x)
-            worst = max(worst, (y - ref(x)).abs().max().item())
+            y, router_logits = ours(x)
+            ref_router_logits, _, _ = ref.gate(x)  # the block itself returns only its output
+            worst = max(worst, (y - ref(x)).abs().max().item(),
+                        (router_logits - ref_router_logits).abs().max().item())
     return worst
 
 
@@ -48,6 +51,6 @@ def aux_loss_diff() -> float:
 
 
 CHECKS = [
-    Check("moe sparse block", "transformers Qwen2MoeSparseMoeBlock", block_diff, 1e-5),
+    Check("moe sparse block + router logits", "transformers Qwen2MoeSparseMoeBlock", block_diff, 1e-5),
     Check("moe load-balancing loss", "transformers qwen2_moe load_balancing_loss_func", aux_loss_diff, 1e-6),
 ]

@@ -51,16 +51,22 @@ def rope_diff() -> float:
     return max((cos - ref_cos).abs().max().item(), (sin - ref_sin).abs().max().item())
 
 
-def logits_diff(tie: bool) -> float:
-    """A left-padded batch: positions count from each row's first real token, as in generation; padded
-    query rows see no key at all and their outputs are meaningless, so only real tokens are compared."""
-    hf = tiny_hf_qwen2(tie=tie)
-    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+def left_padded_batch():
+    """Three rows of 12 tokens, the last two left-padded by 4 and 9; positions count from each row's first
+    real token, as in generation."""
     input_ids = torch.randint(0, 96, (3, 12))
     attention_mask = torch.ones(3, 12, dtype=torch.long)
     attention_mask[1, :4] = 0
     attention_mask[2, :9] = 0
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def logits_diff(tie: bool) -> float:
+    """A left-padded batch; padded query rows see no key at all and their outputs are meaningless, so only
+    real tokens are compared."""
+    hf = tiny_hf_qwen2(tie=tie)
+    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+    input_ids, attention_mask, position_ids = left_padded_batch()
     with torch.no_grad():
         ref = hf(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         got = ours(input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -76,29 +82,38 @@ def token_diff(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((a[..., :n] != b[..., :n]).sum()) + abs(a.shape[-1] - b.shape[-1]) * rows
 
 
-def greedy_diff() -> int:
-    """Two prompts, with an end token that one row emits early: that row must stop while the other goes on."""
+def greedy_diff(left_padded: bool) -> int:
+    """Two prompts, with an end token that one row emits early: that row must stop while the other goes on.
+    Left-padded: the second prompt is 2 tokens shorter."""
     hf = tiny_hf_qwen2(seed=1)
     ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
     prompt = torch.randint(0, 96, (2, 5))
-    eos = int(ours.generate(prompt, max_new_tokens=6)[0, -1])
+    attention_mask = torch.ones_like(prompt)
+    if left_padded:
+        attention_mask[1, :2] = 0
+    eos = int(ours.generate(prompt, max_new_tokens=6, attention_mask=attention_mask)[0, -1])
     # HF fills finished rows with pad_token_id, ours with the end token; an explicit attention_mask,
     # or HF would take the prompt's copies of the pad token for padding
-    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
+    ref = hf.generate(prompt, attention_mask=attention_mask, do_sample=False, max_new_tokens=20,
                       eos_token_id=eos, pad_token_id=eos)
-    return token_diff(ours.generate(prompt, max_new_tokens=20, eos_token_id=eos), ref)
+    got = ours.generate(prompt, max_new_tokens=20, eos_token_id=eos, attention_mask=attention_mask)
+    return token_diff(got, ref)
 
 
 def cache_diff() -> float:
-    """The prompt in one pass, then one token at a time through the cache, against one uncached pass."""
-    ours = qwen2.Qwen2ForCausalLM.from_hf(tiny_hf_qwen2(seed=2))
-    ids = torch.randint(0, 96, (2, 16))
+    """Ours through our KV cache (a 6-token prompt in one pass, then one token at a time, the mask growing
+    with the cache) against transformers' one pass over the whole left-padded batch, on real tokens."""
+    hf = tiny_hf_qwen2(seed=2)
+    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+    input_ids, attention_mask, position_ids = left_padded_batch()
     cache = qwen2.KVCache(len(ours.model.layers))
     with torch.no_grad():
-        full = ours(ids)
-        stepped = torch.cat([ours(ids[:, :6], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache)
-                                                               for t in range(6, 16)], dim=1)
-    return (stepped - full).abs().max().item()
+        ref = hf(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        chunks = [slice(0, 6)] + [slice(t, t + 1) for t in range(6, 12)]
+        got = torch.cat([ours(input_ids[:, c], attention_mask[:, :c.stop], position_ids[:, c], cache)
+                         for c in chunks], dim=1)  # (3, 12, vocab)
+    real = attention_mask.bool()
+    return (got[real] - ref[real]).abs().max().item()
 
 
 PROMPTS = ["The capital of France is", "Question: what is two plus two?\nAnswer:", "Hello"]
@@ -138,7 +153,10 @@ CHECKS = [
     Check("qwen2 rope cos/sin", "transformers Qwen2RotaryEmbedding", rope_diff, 1e-6),
     Check("qwen2 logits, tied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=True), 1e-5),
     Check("qwen2 logits, untied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=False), 1e-5),
-    Check("qwen2 greedy tokens (KV cache)", "transformers generate(do_sample=False)", greedy_diff, 0),
-    Check("qwen2 cached logits", "our uncached forward", cache_diff, 1e-5),
+    Check("qwen2 greedy tokens (KV cache)", "transformers generate(do_sample=False)", lambda: greedy_diff(False), 0),
+    Check("qwen2 greedy tokens, left-padded prompts", "transformers generate(do_sample=False, attention_mask)",
+          lambda: greedy_diff(True), 0),
+    Check("qwen2 logits through the KV cache, left-padded", "transformers Qwen2ForCausalLM, one pass",
+          cache_diff, 1e-5),
     Check("qwen2 logits, embedded run", "tunelab.models.load_run(embedded default)", embedded_run_diff, 5e-5),
 ]

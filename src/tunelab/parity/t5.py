@@ -11,21 +11,28 @@ from tunelab.scratch import t5
 
 
 def _bucket_diff(bidirectional):
-    # distances from -300 to 300 with 32 buckets up to 128: every exact, log-spaced and clamped bucket
+    # distances from -300 to 300 reach every exact, log-spaced and clamped bucket, for T5's 32 buckets up to
+    # 128 and for the 8 up to 20 of the tiny models below
     relative = torch.arange(-300, 301)
-    ours = t5.relative_position_bucket(relative, bidirectional, num_buckets=32, max_distance=128)
-    ref = HFT5Attention._relative_position_bucket(relative, bidirectional, num_buckets=32, max_distance=128)
-    return (ours != ref).sum().item()  # number of positions in a different bucket
+    differ = 0  # positions put in a different bucket
+    for num_buckets, max_distance in ((32, 128), (8, 20)):
+        ours = t5.relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+        ref = HFT5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+        differ += (ours != ref).sum().item()
+    return differ
 
 
 def _layer_norm_diff():
+    """In float32, and in bfloat16, where the mean of squares must be taken in float32 as transformers does."""
     torch.manual_seed(0)
     ref = HFT5LayerNorm(32, eps=1e-6)
     torch.nn.init.normal_(ref.weight)
     ours = t5.T5LayerNorm(32, eps=1e-6)
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(3, 7, 32) * 4
-    return (ours(x) - ref(x)).abs().max().item()
+    worst = (ours(x) - ref(x)).abs().max().item()
+    ref, ours, x = ref.bfloat16(), ours.bfloat16(), x.bfloat16()
+    return max(worst, (ours(x) - ref(x)).abs().max().item())
 
 
 def _models(feed_forward_proj, tied):
@@ -87,7 +94,8 @@ CHECKS = [
           lambda: _bucket_diff(True), 0),
     Check("t5 position buckets, unidirectional (decoder)", "transformers T5Attention._relative_position_bucket",
           lambda: _bucket_diff(False), 0),
-    Check("t5 layer norm (RMS, no bias)", "transformers T5LayerNorm", _layer_norm_diff, 1e-6),
+    # in bfloat16 one rounding step is ~1e-2: passing at 1e-6 means both sides take the same steps
+    Check("t5 layer norm (RMS, no bias), float32 and bfloat16", "transformers T5LayerNorm", _layer_norm_diff, 1e-6),
     Check("t5 shift right of labels", "transformers T5ForConditionalGeneration._shift_right", _shift_right_diff, 0),
     Check("t5 logits, relu, tied (v1.0)", _REF, lambda: _logits_diff("relu", True), 1e-5),
     Check("t5 logits, relu, untied", _REF, lambda: _logits_diff("relu", False), 1e-5),

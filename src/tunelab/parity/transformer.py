@@ -83,7 +83,7 @@ CHECKS = [
     Check("attention sdpa causal", "F.scaled_dot_product_attention(is_causal=True)", sdpa_causal, 1e-6),
     Check("attention sdpa padding", "F.scaled_dot_product_attention(attn_mask)", sdpa_padding, 1e-6),
     Check("attention multi-head", "torch nn.MultiheadAttention", multihead_attention, 1e-6),
-    Check("layernorm", "torch nn.LayerNorm", layernorm, 1e-5),
+    Check("layernorm", "torch nn.LayerNorm", layernorm, 1e-6),
     # Two encoder and two decoder layers, each ending in a LayerNorm: rounding of ~1e-7 per op adds up to ~1e-6.
     Check("transformer encoder-decoder", "torch nn.Transformer", encoder_decoder, 1e-5),
 ]

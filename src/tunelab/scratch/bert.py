@@ -4,6 +4,8 @@ Paper: Devlin et al. 2018, https://arxiv.org/abs/1810.04805
 Hugging Face: https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py
 Parameter names follow Hugging Face, so a BertModel state_dict (all-MiniLM-L6-v2 included) loads with
 strict=True. No dropout: this is the forward pass, written to be read.
+The padding mask is additive (0 to keep, -inf to hide), the classic BERT form: built once per batch and
+added to every layer's scores. No row is all -inf (which would give NaN): every row sees the real tokens.
 """
 
 import math
@@ -27,6 +29,12 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, hf_config):
+        # transformers 5 only has absolute positions; a config saved by v4 may still ask for relative ones
+        positions = getattr(hf_config, "position_embedding_type", "absolute")
+        for name, value, ours in (("hidden_act", hf_config.hidden_act, "gelu"),
+                                  ("position_embedding_type", positions, "absolute")):
+            if value != ours:  # refuse, rather than return silently different hidden states
+                raise ValueError(f"scratch BERT implements {name}={ours!r} only; this config has {value!r}")
         return cls(**{f.name: getattr(hf_config, f.name) for f in fields(cls)})
 
 
@@ -73,8 +81,8 @@ class BertAddNorm(nn.Module):
         self.dense = nn.Linear(in_features, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, h, residual):
-        return self.LayerNorm(residual + self.dense(h))
+    def forward(self, h, residual):  # h (B, T, in_features), residual (B, T, C)
+        return self.LayerNorm(residual + self.dense(h))  # (B, T, C)
 
 
 class BertAttention(nn.Module):
@@ -92,8 +100,8 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x):
-        return F.gelu(self.dense(x))  # the exact (erf) GELU, not the tanh approximation
+    def forward(self, x):  # x (B, T, C)
+        return F.gelu(self.dense(x))  # (B, T, intermediate_size); the exact (erf) GELU, not the tanh approximation
 
 
 class BertLayer(nn.Module):

@@ -6,6 +6,8 @@ https://arxiv.org/abs/2010.11929). Hugging Face:
 https://github.com/huggingface/transformers/blob/main/src/transformers/models/clip/modeling_clip.py
 Parameter names follow Hugging Face, so a CLIPModel state_dict loads with strict=True (including the
 `pre_layrnorm` spelling). No dropout: this is the forward pass, written to be read.
+Masks are additive floats (0 to keep, -inf to hide): the text tower adds a causal one to the scores, the
+image tower adds the scalar 0.0, so both run through the same encoder code.
 """
 
 import math
@@ -26,6 +28,9 @@ class CLIPTowerConfig:  # what both towers share: a pre-LN transformer encoder
 
     @classmethod
     def from_hf(cls, hf_config):
+        if hf_config.hidden_act != "quick_gelu":  # refuse, rather than return silently different embeddings
+            raise ValueError(f"scratch CLIP implements hidden_act='quick_gelu' only; this config has "
+                             f"{hf_config.hidden_act!r}")
         return cls(**{f.name: getattr(hf_config, f.name) for f in fields(cls)})
 
 
@@ -84,9 +89,9 @@ class CLIPMLP(nn.Module):
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
 
-    def forward(self, x):
-        h = self.fc1(x)
-        return self.fc2(h * torch.sigmoid(1.702 * h))  # quick_gelu: OpenAI's cheap sigmoid GELU
+    def forward(self, x):  # x (B, T, C)
+        h = self.fc1(x)  # (B, T, intermediate_size)
+        return self.fc2(h * torch.sigmoid(1.702 * h))  # (B, T, C); quick_gelu: OpenAI's cheap sigmoid GELU
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -97,9 +102,9 @@ class CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = CLIPMLP(cfg)
 
-    def forward(self, x, mask):
-        x = x + self.self_attn(self.layer_norm1(x), mask)  # pre-LN, as in GPT-2
-        return x + self.mlp(self.layer_norm2(x))
+    def forward(self, x, mask):  # x (B, T, C)
+        x = x + self.self_attn(self.layer_norm1(x), mask)  # (B, T, C); pre-LN, as in GPT-2
+        return x + self.mlp(self.layer_norm2(x))  # (B, T, C)
 
 
 class CLIPEncoder(nn.Module):
@@ -166,11 +171,12 @@ class CLIPTextTransformer(nn.Module):
         # token, so causality alone keeps it out of the pooled state and no padding mask is needed
         causal = torch.full((T, T), float("-inf"), device=input_ids.device).triu(1)  # (T, T)
         x = self.final_layer_norm(self.encoder(self.embeddings(input_ids), causal))  # (B, T, C)
-        # pool at the end-of-text token. transformers takes its first occurrence, except for configs
-        # saved with the old eos_token_id=2, where it takes the largest id (EOT is last in OpenAI's vocab)
+        # Pool at the end-of-text token, the first one in the row (padding may reuse its id).
+        # Kept for parity: configs saved before transformers fixed eos_token_id still say 2, and for them
+        # transformers finds the token as the row's largest id, true of OpenAI's vocab, where it comes last.
         if self.eos_token_id == 2:
             eot = input_ids.argmax(dim=-1)  # (B,)
-        else:
+        else:  # argmax returns the first maximum; it refuses booleans, hence the int
             eot = (input_ids == self.eos_token_id).int().argmax(dim=-1)  # (B,)
         return x[torch.arange(B, device=x.device), eot]  # (B, C)
 

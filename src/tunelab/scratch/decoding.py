@@ -70,7 +70,7 @@ def beam_search(next_logprobs: NextLogProbs, prompt, num_beams: int, max_new_tok
     The best finished sequence is returned.
     """
     beams = prompt[None]  # (n, t): one beam to start, num_beams from the first step on
-    scores = torch.zeros(1)  # (n,) summed log-probs, float32 like transformers'
+    scores = torch.zeros(1, device=prompt.device)  # (n,) summed log-probs, float32 like transformers'
     finished: list[tuple[float, torch.Tensor]] = []  # (normalised score, sequence), best first
     for step in range(1, max_new_tokens + 1):  # step = tokens generated once this one is added
         logprobs = scores[:, None] + next_logprobs(beams)  # (n, vocab)
@@ -79,7 +79,7 @@ def beam_search(next_logprobs: NextLogProbs, prompt, num_beams: int, max_new_tok
         running = []
         for rank, (score, flat_id) in enumerate(zip(top_scores, top_ids.tolist())):
             beam, token = divmod(flat_id, vocab)
-            seq = torch.cat((beams[beam], torch.tensor([token])))
+            seq = torch.cat((beams[beam], torch.tensor([token], device=beams.device)))
             if token == eos_token_id or step == max_new_tokens:
                 if rank < num_beams:
                     finished.append(((score / step**length_penalty).item(), seq))

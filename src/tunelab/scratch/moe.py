@@ -45,17 +45,22 @@ class TopKRouter(nn.Module):
         self.weight = nn.Parameter(0.02 * torch.randn(cfg.num_experts, cfg.hidden_size))  # (E, C)
 
     def forward(self, x):  # x (N, C)
-        logits = F.linear(x, self.weight)  # (N, E)
-        probs = logits.softmax(dim=-1, dtype=torch.float32)  # (N, E)
-        weights, experts = probs.topk(self.k, dim=-1)  # (N, k) each
+        logits = x @ self.weight.T  # (N, E): how well each token fits each expert
+        # softmax in float32 even in a half-precision model: bfloat16 would round close experts into ties
+        weights, experts = logits.float().softmax(dim=-1).topk(self.k, dim=-1)  # (N, k) each, best first
         if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights = weights / weights.sum(dim=-1, keepdim=True)  # (N, k), summing to 1
         return logits, weights.to(x.dtype), experts
 
 
 class Experts(nn.Module):
     """E SwiGLU MLPs in stacked tensors, gate and up projections concatenated: one tensor per kind
-    instead of 3E small Linears, which is how grouped-matmul kernels want them."""
+    instead of 3E small Linears, which is how grouped-matmul kernels want them.
+
+    Routing as those kernels do it: each token's k choices become k rows, the rows are sorted by expert
+    so that every expert's inputs form one contiguous block, each block goes through its expert, and the
+    results are put back in (token, choice) order to be weighted and summed per token. A grouped matmul
+    runs all the blocks in one launch; here a loop does it, one expert at a time."""
 
     def __init__(self, cfg: MoeConfig):
         super().__init__()
@@ -64,13 +69,19 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(0.02 * torch.randn(E, C, I))  # (E, C, I)
 
     def forward(self, x, experts, weights):  # x (N, C); experts, weights (N, k)
-        out = torch.zeros_like(x)  # (N, C)
-        for e in experts.unique().tolist():  # only the experts some token chose do any work
-            token, slot = torch.where(experts == e)  # (n_e,) each: which tokens, in which of their k slots
-            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)  # (n_e, I) each
-            y = F.linear(F.silu(gate) * up, self.down_proj[e])  # (n_e, C)
-            out.index_add_(0, token, y * weights[token, slot, None])  # each token sums its k experts
-        return out
+        N, k = experts.shape
+        choice = experts.flatten()  # (N*k,): row j is token j // k's choice number j % k
+        by_expert = choice.argsort(stable=True)  # (N*k,): rows regrouped, expert 0's first
+        rows = x[by_expert // k]  # (N*k, C): each row's token, in expert order
+        sizes = choice.bincount(minlength=len(self.down_proj)).tolist()  # (E,) rows per expert, some maybe 0
+        blocks = [self.expert(e, block) for e, block in enumerate(rows.split(sizes))]  # (n_e, C) each
+        y = torch.empty_like(rows)  # (N*k, C)
+        y[by_expert] = torch.cat(blocks)  # back in (token, choice) order
+        return (y.view(N, k, -1) * weights[..., None]).sum(dim=1)  # (N, C): the weighted sum of k experts
+
+    def expert(self, e: int, x):  # x (n_e, C): the rows routed to expert e
+        gate, up = (x @ self.gate_up_proj[e].T).chunk(2, dim=-1)  # (n_e, I) each
+        return (F.silu(gate) * up) @ self.down_proj[e].T  # (n_e, C)
 
 
 class SharedExpertMLP(nn.Module):
@@ -83,8 +94,8 @@ class SharedExpertMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x):  # x (N, C)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (N, C)
 
 
 class SparseMoeBlock(nn.Module):
@@ -110,14 +121,14 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int, attention_m
     routed to expert e and P_e the router's mean probability for it, over all layers. It is smallest
     when both are uniform; f comes from a top-k and carries no gradient, so the gradient lowers P
     where f is high, steering tokens away from overloaded experts. With k experts per token f sums to
-    k, not 1 (as in transformers), so a perfectly balanced router scores k.
+    k rather than 1, in transformers' loss as here, so a perfectly balanced router scores k, not 1.
 
     router_logits: one (B*T, E) tensor per layer; attention_mask (B, T) leaves padding tokens out."""
     logits = torch.cat(list(router_logits))  # (layers*N, E)
     probs = logits.float().softmax(dim=-1)  # (layers*N, E)
     chosen = F.one_hot(probs.topk(top_k, dim=-1).indices, num_experts).sum(dim=1)  # (layers*N, E) 0/1
     if attention_mask is None:
-        keep = torch.ones(len(probs))  # (layers*N,)
+        keep = probs.new_ones(len(probs))  # (layers*N,)
     else:
         keep = attention_mask.reshape(-1).float().repeat(len(router_logits))  # (layers*N,)
     f = (chosen * keep[:, None]).sum(dim=0) / keep.sum()  # (E,)

@@ -16,9 +16,13 @@ each layer's queries, keys and values, and forwards our `prefix_kv` keyword to i
 the model's KV cache with the prefix, as if the virtual tokens had been generated already.)
 
 Shapes: B batch, T real tokens, P virtual tokens, L layers, nh query heads, nkv key/value heads, hs head size.
+Masks are transformer.py's booleans, True where a query may see a key, hidden with -inf: no row is all hidden,
+since every real token sees all P virtual ones.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -43,9 +47,12 @@ class PrefixEncoder(nn.Module):
         return kv.permute(1, 2, 3, 0, 4)  # (L, 2, nkv, P, hs): per layer, keys then values
 
 
-def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, prefix_kv=None, **kwargs):
+def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, prefix_kv=None,
+                     **kwargs):
     """Attention with this layer's prefix in front. query (B, nh, T, hs); key, value (B, nkv, T, hs);
     attention_mask (B, 1, T, P + T), True where allowed; prefix_kv (L, 2, nkv, P, hs)."""
+    # attention() scales by 1/sqrt(hs); a family that asks for another scale must fail here, not drift silently
+    assert scaling is not None and math.isclose(scaling, query.size(-1) ** -0.5), f"unsupported scaling {scaling}"
     B = query.size(0)
     prefix_k, prefix_v = prefix_kv[module.layer_idx, :, None].expand(-1, B, -1, -1, -1)  # (B, nkv, P, hs) each
     key = torch.cat([prefix_k, key], dim=2)  # (B, nkv, P + T, hs)
@@ -53,7 +60,6 @@ def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, pre
     # Grouped-query attention: each key/value head serves nh / nkv consecutive query heads.
     key = key.repeat_interleave(module.num_key_value_groups, dim=1)  # (B, nh, P + T, hs)
     value = value.repeat_interleave(module.num_key_value_groups, dim=1)  # (B, nh, P + T, hs)
-    # attention() scales by 1/sqrt(hs), the `scaling` transformers passes in (among kwargs) for this family.
     y = attention(query, key, value, attention_mask, dropout)  # (B, nh, T, hs)
     return y.transpose(1, 2), None  # (B, T, nh, hs), and no attention weights: what transformers expects back
 

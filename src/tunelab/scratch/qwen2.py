@@ -7,6 +7,7 @@ HF source: https://github.com/huggingface/transformers/blob/main/src/transformer
 Parameter names are those of transformers' Qwen2ForCausalLM, so a Hugging Face state_dict loads with
 strict=True; `Qwen2ForCausalLM.from_hf(hf_model)` does exactly that. Shapes: B batch, T new tokens,
 S tokens attended to (cached + new), C hidden size, nh query heads, nkv key/value heads, hs head size.
+Masks are booleans, True where a query may see a key; hidden scores get finfo.min, not -inf (why: Qwen2Attention).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class Qwen2Config:
 
     @classmethod
     def from_hf(cls, hf_config) -> Qwen2Config:
+        for name, value, ours in (("rope_type", hf_config.rope_parameters["rope_type"], "default"),
+                                  ("use_sliding_window", hf_config.use_sliding_window, False),
+                                  ("hidden_act", hf_config.hidden_act, "silu")):
+            if value != ours:  # refuse, rather than return silently different logits
+                raise ValueError(f"scratch Qwen2 implements {name}={ours!r} only; this config has {value!r}")
         # transformers 5 keeps rope_theta inside the rope_parameters dict
         values = {f.name: getattr(hf_config, f.name) for f in fields(cls) if f.name != "rope_theta"}
         return cls(**values, rope_theta=hf_config.rope_parameters["rope_theta"])
@@ -58,21 +64,28 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+def default_inv_freq(head_dim: int, theta: float):
+    # one frequency per pair of features, from 1 down to ~1/theta: fast and slow "clock hands"
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (hs/2,)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE (https://arxiv.org/abs/2104.09864): rotate each query/key pair of features by an angle
-    proportional to the position, so q.k depends only on the distance between tokens."""
+    proportional to the position, so q.k depends only on the distance between tokens. A context-extension
+    method (rope_scaling.py) swaps in its own inv_freq and attention_factor; plain RoPE has 1.0."""
 
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, inv_freq=None, attention_factor: float = 1.0):
         super().__init__()
-        hs = cfg.head_dim
-        # one frequency per pair of features, from 1 down to ~1/theta: fast and slow "clock hands"
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hs, 2).float() / hs)  # (hs/2,)
+        if inv_freq is None:
+            inv_freq = default_inv_freq(cfg.head_dim, cfg.rope_theta)  # (hs/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, so not in the state_dict
+        self.attention_factor = attention_factor
 
     def forward(self, position_ids):  # position_ids (B, T)
         angles = position_ids[..., None].float() * self.inv_freq  # (B, T, hs/2)
         angles = torch.cat((angles, angles), dim=-1)  # (B, T, hs): feature i pairs with i + hs/2
-        return angles.cos(), angles.sin()
+        # scaling both q and k by the factor scales their dot product, the attention logits, by its square
+        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
 
 def rotate_half(x):
@@ -84,11 +97,6 @@ def rotate_half(x):
 
 def apply_rope(x, cos, sin):  # x (B, n, T, hs); cos, sin (B, T, hs)
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-
-def repeat_kv(x, n_rep: int):  # (B, nkv, S, hs) -> (B, nkv * n_rep, S, hs)
-    B, nkv, S, hs = x.shape
-    return x[:, :, None].expand(B, nkv, n_rep, S, hs).reshape(B, nkv * n_rep, S, hs)
 
 
 class KVCache:
@@ -130,7 +138,9 @@ class Qwen2Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated before caching: positions stick
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
-        k, v = repeat_kv(k, self.nh // self.nkv), repeat_kv(v, self.nh // self.nkv)  # (B, nh, S, hs)
+        # each key/value head serves nh/nkv consecutive query heads: copy it that many times
+        n_rep = self.nh // self.nkv
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, nh, S, hs)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hs)  # (B, nh, T, S)
         # finfo.min rather than -inf: a padding row that may see nothing gets a uniform softmax, not NaN
         att = att.masked_fill(~mask, torch.finfo(att.dtype).min).softmax(dim=-1)
@@ -147,8 +157,8 @@ class Qwen2MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x):  # x (B, T, C)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
 
 
 class Qwen2DecoderLayer(nn.Module):
@@ -166,11 +176,11 @@ class Qwen2DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask_4d(T: int, past: int, padding_mask=None):
+def attention_mask_4d(T: int, past: int, padding_mask=None, device=None):
     """(B or 1, 1, T, S) booleans, True where query t may see key s: causal, minus padding keys.
     padding_mask (B, S) is the tokenizer's attention_mask over cached and new tokens, 0 on padding."""
-    query_pos = past + torch.arange(T)  # (T,)
-    mask = torch.arange(past + T)[None, :] <= query_pos[:, None]  # (T, S)
+    query_pos = past + torch.arange(T, device=device)  # (T,)
+    mask = torch.arange(past + T, device=device)[None, :] <= query_pos[:, None]  # (T, S)
     mask = mask[None, None]  # (1, 1, T, S)
     if padding_mask is not None:
         mask = mask & padding_mask[:, None, None, :].bool()  # (B, 1, T, S)
@@ -189,13 +199,13 @@ class Qwen2Model(nn.Module):
         B, T = input_ids.shape
         past = cache.seq_len() if cache is not None else 0
         if position_ids is None:  # left-padded batches should pass attention_mask.cumsum(-1) - 1
-            position_ids = (past + torch.arange(T)).expand(B, T)  # (B, T)
+            position_ids = (past + torch.arange(T, device=input_ids.device)).expand(B, T)  # (B, T)
         cos, sin = self.rotary_emb(position_ids)  # (B, T, hs) each, computed once for all layers
-        mask = attention_mask_4d(T, past, attention_mask)
+        mask = attention_mask_4d(T, past, attention_mask, input_ids.device)  # (B or 1, 1, T, S)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)
-        return self.norm(x)
+        return self.norm(x)  # (B, T, C)
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -217,18 +227,27 @@ class Qwen2ForCausalLM(nn.Module):
         return self.lm_head(self.model(input_ids, attention_mask, position_ids, cache))  # (B, T, vocab)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, eos_token_id: int | None = None):
+    def generate(self, input_ids, max_new_tokens: int, eos_token_id: int | None = None, attention_mask=None):
         """Greedy decoding: the prompt (B, T) runs once to fill the cache, then each step feeds only the
-        token just chosen. Rows that have emitted eos_token_id keep emitting it until all have."""
+        token just chosen. Rows that have emitted eos_token_id keep emitting it until all have. Prompts of
+        different lengths go left-padded (each row's next token in the same column) with their attention_mask
+        (B, T), 0 on padding; without one, every token counts as real."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         cache = KVCache(len(self.model.layers))
-        ids, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool)
-        for step in range(max_new_tokens):
-            logits = self(ids if step == 0 else ids[:, -1:], cache=cache)[:, -1]  # (B, vocab)
+        ids, new = input_ids, input_ids  # all tokens so far; those the cache has not seen yet
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): count from the first real token
+        done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)  # (B,)
+        for _ in range(max_new_tokens):
+            logits = self(new, attention_mask, position_ids, cache)[:, -1]  # (B, vocab)
             next_id = logits.argmax(dim=-1)  # (B,)
             if eos_token_id is not None:
                 next_id = torch.where(done, eos_token_id, next_id)
                 done = done | (next_id == eos_token_id)
-            ids = torch.cat((ids, next_id[:, None]), dim=1)  # (B, T + step + 1)
+            new = next_id[:, None]  # (B, 1)
+            ids = torch.cat((ids, new), dim=1)  # (B, T + generated)
+            attention_mask = torch.cat((attention_mask, torch.ones_like(new)), dim=1)  # (B, T + generated)
+            position_ids = position_ids[:, -1:] + 1  # (B, 1)
             if done.all():
                 break
         return ids

@@ -1,7 +1,7 @@
 """RoPE scaling from scratch: how to stretch a model trained on L tokens to a longer context by changing
-its rotary frequencies. Each method returns (inv_freq, attention_factor): the per-pair rotation speeds
-that replace RoPE's defaults (scratch/qwen2.py RotaryEmbedding), and the factor that cos and sin are
-multiplied by (so attention logits by its square).
+its rotary frequencies. Each method returns (inv_freq, attention_factor), which plug into scratch/qwen2.py
+as `RotaryEmbedding(cfg, inv_freq, attention_factor)`: inv_freq replaces RoPE's default per-pair rotation
+speeds, and cos and sin are multiplied by attention_factor (so the attention logits by its square).
 
 RoPE gives feature pair i the angle `position * inv_freq[i]`, inv_freq[i] = theta^(-2i/hs). A position
 beyond L produces angles the model never saw, in the slow pairs above all (the fast ones have turned
@@ -16,9 +16,7 @@ import math
 
 import torch
 
-
-def default_inv_freq(head_dim: int, theta: float):
-    return 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (hs/2,)
+from tunelab.scratch.qwen2 import default_inv_freq
 
 
 def linear(head_dim: int, theta: float, factor: float):
@@ -39,34 +37,38 @@ def dynamic_ntk(head_dim: int, theta: float, factor: float, max_position_embeddi
     return default_inv_freq(head_dim, theta * stretch ** (head_dim / (head_dim - 2))), 1.0
 
 
-def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    # YaRN's fit for how much sharper attention must be at the longer length (paper, eq. 22)
-    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
-
-
 def yarn(head_dim: int, theta: float, factor: float, original_max_position_embeddings: int,
          beta_fast: float = 32.0, beta_slow: float = 1.0, attention_factor: float | None = None,
          mscale: float | None = None, mscale_all_dim: float | None = None, truncate: bool = True):
-    """YaRN (https://arxiv.org/abs/2309.00071), "NTK-by-parts": a pair that turns more than beta_fast
-    times within L keeps its frequency (it already knows every angle), one that turns fewer than
-    beta_slow times is interpolated like `linear`, and the pairs in between blend linearly. Attention
-    is sharpened by attention_factor, from `factor` unless given (DeepSeek-V3 gives mscale, mscale_all_dim)."""
+    """YaRN (https://arxiv.org/abs/2309.00071), "NTK-by-parts": judge each pair by how many full turns
+    it makes within the original context L. A pair turning more than beta_fast times has seen every
+    angle already and keeps its speed (extrapolates); one turning fewer than beta_slow times is slowed
+    `factor` times like `linear` (interpolates); the pairs between get a blend of the two. Attention is
+    sharpened by attention_factor, derived from `factor` unless given (DeepSeek-V3 gives mscale, mscale_all_dim)."""
     L = original_max_position_embeddings
-
-    def pair_turning(turns: float) -> float:  # the (fractional) pair index that turns `turns` times in L
-        return head_dim * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(theta))
-
-    low, high = pair_turning(beta_fast), pair_turning(beta_slow)  # fast pairs have low indices
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, head_dim - 1)
-    if low == high:
-        high += 0.001  # a ramp of width zero would divide by zero
-    ramp = ((torch.arange(head_dim // 2).float() - low) / (high - low)).clamp(0, 1)  # (hs/2,) 0 fast .. 1 slow
-
     inv_freq = default_inv_freq(head_dim, theta)  # (hs/2,)
-    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+
+    # Pair i's wavelength is 2*pi / inv_freq[i] = 2*pi * theta^(2i/hs) tokens, so it turns
+    # L / wavelength times within L: a count that shrinks geometrically with i. Solved for i, the
+    # (fractional) pair that turns exactly n times:
+    def pair_turning(n: float) -> float:
+        return head_dim / 2 * math.log(L / (2 * math.pi * n), theta)
+
+    first, last = pair_turning(beta_fast), pair_turning(beta_slow)  # the blend runs from first to last
+    if truncate:  # widen to whole pairs
+        first, last = math.floor(first), math.ceil(last)
+    # Kept for parity: transformers caps `last` at head_dim - 1, though the last pair is head_dim/2 - 1.
+    first, last = max(first, 0), min(last, head_dim - 1)
+    width = (last - first) or 1e-3  # a zero-width blend would divide by zero (transformers' 1e-3 too)
+    # 0 up to `first` (keep the speed), 1 from `last` on (interpolate), linear in the pair index between
+    interpolate = ((torch.arange(head_dim // 2) - first) / width).clamp(0, 1)  # (hs/2,)
+    inv_freq = torch.lerp(inv_freq, inv_freq / factor, interpolate)  # (hs/2,)
+
     if attention_factor is None:
-        attention_factor = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
-                            if mscale and mscale_all_dim else yarn_mscale(factor))
+        # the paper's fit (eq. 22) for how much sharper attention must be at `factor` times the length:
+        # 1 + 0.1 ln(factor). DeepSeek-V3 weights the 0.1 by mscale, then divides by the same with mscale_all_dim.
+        def sharpen(weight: float) -> float:
+            return 1.0 + 0.1 * weight * math.log(factor) if factor > 1 else 1.0
+
+        attention_factor = sharpen(mscale) / sharpen(mscale_all_dim) if mscale and mscale_all_dim else sharpen(1.0)
     return inv_freq, attention_factor

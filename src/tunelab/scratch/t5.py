@@ -7,9 +7,10 @@ Hugging Face: https://github.com/huggingface/transformers/blob/main/src/transfor
 Parameter names follow Hugging Face, so a T5ForConditionalGeneration state_dict loads with strict=True.
 No dropout and no key/value cache: this is the forward pass, written to be read. `decode` recomputes
 the whole target prefix on every call, which is all a beam search over short outputs needs.
+Masks are additive floats (0 to keep, -inf to hide), because T5 adds a learned position bias to the
+attention scores anyway: mask and bias fold into one tensor, added once per layer.
 """
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -44,28 +45,30 @@ class T5Config:
 
 
 def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):
-    """Map each key position minus query position to one of `num_buckets` learned biases.
-
-    Near distances get a bucket each, farther ones share log-spaced buckets, and everything at or
-    beyond max_distance shares the last one. The encoder spends half its buckets on keys to the
-    right; the decoder only ever looks left, so it spends them all on the past.
-    """
-    bucket = torch.zeros_like(relative_position)
+    """Map each key position minus query position to one of `num_buckets` learned biases: near distances get
+    a bucket each, farther ones share buckets that widen geometrically, and everything at or beyond max_distance
+    shares the last. The encoder spends half its buckets on keys to the right; the decoder only ever looks left,
+    so it spends them all on the past. (transformers' float32 log puts a distance that lands exactly on a bucket
+    start one bucket lower in a few configs, e.g. 64 of 18 buckets up to 128; never with T5's 32 up to 128.)"""
     if bidirectional:
         num_buckets //= 2
-        bucket += (relative_position > 0).long() * num_buckets
+        offset = (relative_position > 0).long() * num_buckets  # keys to the right: the upper half
         distance = relative_position.abs()
     else:
+        offset = 0
         distance = (-relative_position).clamp(min=0)  # future keys are masked anyway: bucket 0
-    exact = num_buckets // 2
-    # clamp so the log never sees 0; the log branch is only used where distance >= exact
-    log_ratio = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact)
-    far = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
-    return bucket + torch.where(distance < exact, distance, far)
+    exact = num_buckets // 2  # distances 0 .. exact-1 get a bucket each
+    # the m other buckets split exact .. max_distance in equal ratios: bucket exact + j starts at exact * r**(j/m)
+    m, r = num_buckets - exact, max_distance / exact
+    j = torch.arange(1, m, dtype=torch.float64)  # (m - 1,)
+    starts = torch.cat([torch.arange(1, exact + 1, dtype=torch.float64), exact * r ** (j / m)])  # (num_buckets - 1,)
+    # a distance's bucket is the number of bucket starts at or below it
+    return offset + torch.bucketize(distance, starts.to(distance.device), right=True)
 
 
 def padding_mask(attention_mask):
-    """(B, S) with 1 for tokens and 0 for padding -> additive (B, 1, 1, S), -inf on padded keys."""
+    """(B, S) with 1 for tokens and 0 for padding -> additive (B, 1, 1, S), -inf on padded keys.
+    A padded query row still sees the real keys, so no row is all -inf (which would give NaN)."""
     blocked = (attention_mask == 0)[:, None, None, :]
     return torch.zeros(blocked.shape, device=blocked.device).masked_fill(blocked, float("-inf"))
 
@@ -78,8 +81,10 @@ class T5LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
         self.eps = eps
 
-    def forward(self, x):
-        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+    def forward(self, x):  # x (..., C)
+        # the mean of squares in float32 as in qwen2.py (in float16 it overflows), then the weight's dtype
+        variance = x.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)  # (..., C)
 
 
 class T5Attention(nn.Module):
@@ -102,11 +107,11 @@ class T5Attention(nn.Module):
         buckets = relative_position_bucket(relative, bidirectional, self.num_buckets, self.max_distance)
         return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, nh, T, T)
 
-    def forward(self, x, kv, bias):
-        B, T, S = x.shape[0], x.shape[1], kv.shape[1]
+    def forward(self, x, context, bias):  # x (B, T, C); context (B, S, C): x itself, or the encoder's output
+        B, T, S = x.shape[0], x.shape[1], context.shape[1]
         q = self.q(x).view(B, T, self.n_head, self.d_kv).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k(kv).view(B, S, self.n_head, self.d_kv).transpose(1, 2)  # (B, nh, S, hs)
-        v = self.v(kv).view(B, S, self.n_head, self.d_kv).transpose(1, 2)  # (B, nh, S, hs)
+        k = self.k(context).view(B, S, self.n_head, self.d_kv).transpose(1, 2)  # (B, nh, S, hs)
+        v = self.v(context).view(B, S, self.n_head, self.d_kv).transpose(1, 2)  # (B, nh, S, hs)
         # no 1/sqrt(hs): T5 initialises q with a std smaller by that factor instead (Mesh TensorFlow)
         att = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)  # (B, nh, T, S)
         y = (att @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
@@ -121,8 +126,8 @@ class T5DenseActDense(nn.Module):
         self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
-    def forward(self, x):
-        return self.wo(F.relu(self.wi(x)))
+    def forward(self, x):  # x (B, T, C)
+        return self.wo(F.relu(self.wi(x)))  # (B, T, C), through (B, T, d_ff)
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -134,8 +139,8 @@ class T5DenseGatedActDense(nn.Module):
         self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
-    def forward(self, x):
-        return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))  # T5 used the tanh GELU
+    def forward(self, x):  # x (B, T, C)
+        return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))  # (B, T, C); T5 used the tanh GELU
 
 
 # Each sub-layer is pre-norm with a residual: x + f(norm(x)).
@@ -145,9 +150,9 @@ class T5LayerSelfAttention(nn.Module):
         self.SelfAttention = T5Attention(cfg, has_relative_attention_bias)
         self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def forward(self, x, bias):
-        h = self.layer_norm(x)
-        return x + self.SelfAttention(h, h, bias)
+    def forward(self, x, bias):  # x (B, T, C)
+        h = self.layer_norm(x)  # (B, T, C)
+        return x + self.SelfAttention(h, h, bias)  # (B, T, C)
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -156,8 +161,8 @@ class T5LayerCrossAttention(nn.Module):
         self.EncDecAttention = T5Attention(cfg)
         self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def forward(self, x, memory, bias):
-        return x + self.EncDecAttention(self.layer_norm(x), memory, bias)
+    def forward(self, x, memory, bias):  # x (B, T, C), memory (B, S, C): the encoder's output
+        return x + self.EncDecAttention(self.layer_norm(x), memory, bias)  # (B, T, C)
 
 
 class T5LayerFF(nn.Module):
@@ -227,8 +232,7 @@ class T5ForConditionalGeneration(nn.Module):
         x = self.decoder(decoder_input_ids, causal, encoder_hidden_states,
                          padding_mask(encoder_attention_mask))  # (B, T, C)
         if self.config.tie_word_embeddings:
-            # the shared table holds unit-scale input embeddings; as the output layer it would make
-            # logits grow like sqrt(C)
+            # the shared table holds unit-scale input embeddings; as the output layer they'd make logits ~sqrt(C)
             x = x * self.config.d_model**-0.5
         return self.lm_head(x)  # (B, T, vocab)
 

@@ -7,7 +7,8 @@ torch source: https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/tran
 Post-LN, as in the paper and torch's default (norm_first=False): each sublayer is x = norm(x + f(x)).
 Parameter names are those of torch.nn.Transformer, so its state_dict loads with strict=True.
 Masks are booleans, True where a query may look at a key (the convention of
-F.scaled_dot_product_attention; nn.MultiheadAttention's masks mean the opposite).
+F.scaled_dot_product_attention; nn.MultiheadAttention's masks mean the opposite); hidden scores become
+-inf, so hidden keys get exactly zero weight. That is safe here because every query sees some key.
 Shapes: B batch, T target tokens, S source tokens, C d_model, nh heads, hs head size (C / nh).
 """
 
@@ -128,33 +129,52 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.dropout(self.feed_forward(x)))  # (B, S, C)
 
 
-class DecoderLayer(EncoderLayer):
-    """An encoder layer with cross-attention in the middle: queries from the target, keys/values from the source."""
+class DecoderLayer(nn.Module):
+    """The encoder layer's two sublayers with cross-attention between them: queries from the target,
+    keys and values from the encoder's output (the "memory")."""
 
     def __init__(self, cfg: TransformerConfig):
-        super().__init__(cfg)
+        super().__init__()
+        self.self_attn = MultiheadAttention(cfg.d_model, cfg.nhead, cfg.dropout)
         self.multihead_attn = MultiheadAttention(cfg.d_model, cfg.nhead, cfg.dropout)
+        self.linear1 = nn.Linear(cfg.d_model, cfg.dim_feedforward)
+        self.linear2 = nn.Linear(cfg.dim_feedforward, cfg.d_model)
+        self.norm1 = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.norm2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
         self.norm3 = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, memory, tgt_mask=None, memory_mask=None):  # x (B, T, C), memory (B, S, C)
-        x = self.norm1(x + self.dropout(self.self_attn(x, x, x, tgt_mask)))
-        x = self.norm2(x + self.dropout(self.multihead_attn(x, memory, memory, memory_mask)))
-        return self.norm3(x + self.dropout(self.feed_forward(x)))  # (B, T, C)
+        x = self.norm1(x + self.dropout(self.self_attn(x, x, x, tgt_mask)))  # (B, T, C)
+        x = self.norm2(x + self.dropout(self.multihead_attn(x, memory, memory, memory_mask)))  # (B, T, C)
+        feed_forward = self.linear2(self.dropout(F.relu(self.linear1(x))))  # (B, T, C), as in the encoder
+        return self.norm3(x + self.dropout(feed_forward))  # (B, T, C)
 
 
-class Stack(nn.Module):
-    """N identical layers, then a final LayerNorm. The paper has no final norm (post-LN outputs are already
-    normalised); torch.nn.Transformer adds one, and we keep it so its weights load."""
-
-    def __init__(self, layer: type[EncoderLayer], n: int, cfg: TransformerConfig):
+# Each stack ends in a LayerNorm. The paper has none (post-LN outputs are already normalised);
+# torch.nn.Transformer adds one, and we keep it so its weights load.
+class Encoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.layers = nn.ModuleList(layer(cfg) for _ in range(n))
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers))
         self.norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
 
-    def forward(self, x, *args):
+    def forward(self, src, src_mask=None):  # src (B, S, C)
         for layer in self.layers:
-            x = layer(x, *args)
-        return self.norm(x)
+            src = layer(src, src_mask)  # (B, S, C)
+        return self.norm(src)  # (B, S, C)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
+        self.norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None):  # tgt (B, T, C), memory (B, S, C)
+        for layer in self.layers:
+            tgt = layer(tgt, memory, tgt_mask, memory_mask)  # (B, T, C)
+        return self.norm(tgt)  # (B, T, C)
 
 
 class Transformer(nn.Module):
@@ -163,14 +183,15 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.encoder = Stack(EncoderLayer, cfg.num_encoder_layers, cfg)
-        self.decoder = Stack(DecoderLayer, cfg.num_decoder_layers, cfg)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
 
     def forward(self, src, tgt, src_is_pad=None):  # src (B, S, C), tgt (B, T, C), src_is_pad (B, S)
         src_mask = None if src_is_pad is None else padding_mask(src_is_pad)  # (B, 1, 1, S)
         memory = self.encoder(src, src_mask)  # (B, S, C)
         # Source padding is hidden twice: from the encoder's self-attention and from the decoder's cross-attention.
-        return self.decoder(tgt, memory, causal_mask(tgt.size(1), tgt.device), src_mask)  # (B, T, C)
+        tgt_mask = causal_mask(tgt.size(1), tgt.device)  # (T, T)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=src_mask)  # (B, T, C)
 
 
 class Seq2Seq(nn.Module):
@@ -185,11 +206,14 @@ class Seq2Seq(nn.Module):
         self.transformer = Transformer(cfg)
         self.lm_head = nn.Linear(cfg.d_model, tgt_vocab)
         self.dropout = nn.Dropout(cfg.dropout)
+        # The paper shares the embeddings with the pre-softmax layer, where a std of 1/sqrt(C) keeps the logits of
+        # order 1 (tensor2tensor's init), and multiplies them by sqrt(C) on input, back to entries of size ~1 like
+        # the positions'. We keep that init and that scaling, without the sharing.
+        nn.init.normal_(self.src_embed.weight, std=cfg.d_model**-0.5)
+        nn.init.normal_(self.tgt_embed.weight, std=cfg.d_model**-0.5)
 
     def embed(self, embedding: nn.Embedding, ids):  # ids (B, T)
-        # x sqrt(C) as in the paper, which shares this matrix with the output layer and so keeps it small (~1/sqrt(C));
-        # scaled up, the embeddings are not drowned by the positions, whose entries are of size ~1.
-        x = embedding(ids) * math.sqrt(self.d_model)  # (B, T, C)
+        x = embedding(ids) * math.sqrt(self.d_model)  # (B, T, C), entries of size ~1 like the positions'
         return self.dropout(x + sinusoidal_positions(ids.size(1), self.d_model).to(x.device))  # (B, T, C)
 
     def forward(self, src_ids, tgt_ids):  # src_ids (B, S), tgt_ids (B, T)
