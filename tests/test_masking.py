@@ -37,7 +37,7 @@ CHINESE = [
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    return models.load_causal_lm(ModelConfig())
+    return models.load_causal_lm(ModelConfig(name_or_path=models.EMBEDDED_QWEN2))
 
 
 def trained_tokens(model, tokenizer, conversation, tmp_path, **loss_args):
