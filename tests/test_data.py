@@ -100,6 +100,6 @@ def test_embedded_cache_is_named_by_its_recipe(tmp_path, monkeypatch):
     before = models.embedded_run_dir()
     assert before == models.embedded_run_dir()  # deterministic
     edited = tmp_path / "pretrain_tiny.yaml"
-    edited.write_text(models.EMBEDDED_RECIPE.read_text().replace("hidden_size: 128", "hidden_size: 96"))
-    monkeypatch.setattr(models, "EMBEDDED_RECIPE", edited)
+    edited.write_text(models.EMBEDDED_RECIPES[models.EMBEDDED_QWEN2].read_text().replace("hidden_size: 128", "hidden_size: 96"))
+    monkeypatch.setitem(models.EMBEDDED_RECIPES, models.EMBEDDED_QWEN2, edited)
     assert models.embedded_run_dir() != before

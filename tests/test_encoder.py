@@ -93,6 +93,10 @@ def test_label_sets_from_names_ids_and_tags(tmp_path):
     use_names(records, "classification", label_names(records, given), True, "data.labels")
     assert [r["label"] for r in records.rows] == ["pos", "neg", "pos"]
     assert label_names(read_records(str(path)), DataConfig(format="classification")) == ["0", "1"]
+    from tunelab.data.formats import check
+
+    for name, fmt in (("intents.csv", "classification"), ("pairs.csv", "pair"), ("zh_reviews_train.jsonl", "classification")):
+        check(read_records(str(REPO / "examples" / "data" / name)), fmt)  # the README's examples are valid
     conll = read_records(str(REPO / "examples" / "data" / "address.conll"))
     assert conll.lines == [3, 14] and conll.rows[1]["tokens"][:2] == ["1600", "Pennsylvania"]
     tag_names = label_names(conll, DataConfig(format="tagging"))

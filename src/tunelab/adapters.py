@@ -48,9 +48,6 @@ def check_method(recipe: Recipe) -> None:
 def check_model_fits(recipe: Recipe, model) -> None:
     """Checks that need the loaded model's config."""
     config = model.config
-    if recipe.adapter.method in PROMPT_LEARNING and getattr(config, "is_encoder_decoder", False):
-        raise UserError(f"{recipe.origin('adapter.method')}: {recipe.adapter.method} is set up here for "
-                        f"decoder-only models; {config.model_type} is encoder-decoder")
     if recipe.adapter.method in ("lora", "qlora") and isinstance(recipe.adapter.target_modules, list):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [m for m in recipe.adapter.target_modules if m not in names]
@@ -60,7 +57,8 @@ def check_model_fits(recipe: Recipe, model) -> None:
 
 
 # tunelab task -> PEFT task type (which also decides what PEFT trains besides the adapter: a fresh head).
-TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "classify": TaskType.SEQ_CLS, "tag": TaskType.TOKEN_CLS}
+TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "classify": TaskType.SEQ_CLS, "tag": TaskType.TOKEN_CLS,
+              "seq2seq": TaskType.SEQ_2_SEQ_LM}
 
 
 def peft_config(recipe: Recipe, task: str = "causal_lm"):

@@ -78,15 +78,24 @@ def cmd_generate(args) -> int:
     from tunelab.evaluation.generation import check_generate, generate
 
     g = GenerateConfig(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                       top_p=args.top_p, num_beams=args.num_beams)
+                       top_p=args.top_p, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                       no_repeat_ngram_size=args.no_repeat_ngram_size)
     check_generate(g)
     if not args.prompt and not args.chat:
         raise UserError("generate: give --prompt TEXT or --chat")
     run_dir, recipe, family, _ = _finished_run(args.run_dir)
-    if not recipe.recipe.startswith("causal_lm."):
+    if recipe.recipe.startswith("encoder."):
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
     torch.manual_seed(args.seed)
     model, tokenizer = family.load_run(run_dir)
+    if recipe.recipe.startswith("seq2seq."):
+        from tunelab.evaluation.seq2seq import generate as generate_seq2seq
+
+        if args.chat:
+            raise UserError("generate: --chat is for chat models; a seq2seq run maps one --prompt to one output")
+        source = args.prompt if args.raw else recipe.data.prefix + args.prompt
+        print(generate_seq2seq(model, tokenizer, [source], g, recipe.data.max_length)[0])
+        return 0
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt:
         prompt = args.prompt if args.raw else history + [{"role": "user", "content": args.prompt}]
@@ -135,10 +144,12 @@ def cmd_validate(args) -> int:
     """Schema, trainer arguments, data files and records, method/model fit: everything but the weights."""
     from tunelab.data.loading import load_splits
     from tunelab.data.readers import is_hub_data
+    from tunelab.evaluation.generation import check_generate
 
     recipe = load_recipe(args.recipe, args.overrides)
     family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
     adapters.check_method(recipe)
+    check_generate(recipe.eval.generate)
     family.build_args(recipe, stage, Path("runs") / "validate")
     if is_hub_data(recipe.data.train):
         counts = "hub data (fetched when trained)"
@@ -150,7 +161,7 @@ def cmd_validate(args) -> int:
         where = "built from scratch"
     elif name.startswith("embedded:") or models.is_run_dir(name) or Path(name).exists():
         where = "local"
-        if not models.is_run_dir(name) and name != models.EMBEDDED_QWEN2:  # the Qwen2 default is built on use
+        if not models.is_run_dir(name) and name not in models.EMBEDDED_RECIPES:  # those are built on first use
             models.resolve(name)
     else:
         where = "on the hub, downloaded when trained"
@@ -175,8 +186,6 @@ def cmd_parity(args) -> int:
     from tunelab import parity
     from tunelab.parity.qwen2 import run_dir_checks
 
-    # The checks use tiny tensors: on a small shared CPU one thread is faster than the default pool.
-    torch.set_num_threads(1)
     checks = parity.all_checks()
     for run in args.run_dir:
         if not models.is_run_dir(run) or not models.run_recipe(run).recipe.startswith("causal_lm."):
@@ -186,7 +195,13 @@ def cmd_parity(args) -> int:
         checks = [c for c in checks if args.match.lower() in c.component.lower()]
         if not checks:
             raise UserError(f"-k {args.match}: no check's component contains it")
-    results = [parity.run(check) for check in checks]
+    # The checks use tiny tensors: on a small shared CPU one thread is faster than the default pool.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [parity.run(check) for check in checks]
+    finally:
+        torch.set_num_threads(threads)
     print(parity.table(results))
     failed = sum(not r.passed for r in results)
     print(f"\n{len(results) - failed} of {len(results)} checks pass ({sum(r.seconds for r in results):.1f} s)")

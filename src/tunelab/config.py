@@ -22,8 +22,9 @@ from tunelab.errors import UserError, where
 
 EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+EMBEDDED_T5 = "embedded:tiny-t5"
 # The model a recipe module starts from when the recipe names none.
-DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM}
+DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM, "seq2seq": EMBEDDED_T5}
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -36,7 +37,7 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass
 class ModelConfig:
     name_or_path: str = _f("", "Checkpoint: a hub name, a local HF directory, a tunelab run directory (its adapter "
-                           f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r} (built on first use) or "
+                           f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r} or {EMBEDDED_T5!r} (built on first use) or "
                            f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package). "
                            "Empty: the recipe module's embedded default.")
     dtype: str = _f("float32", "Weights dtype.", ("float32", "bfloat16", "float16", "auto"))
@@ -71,9 +72,15 @@ class DataConfig:
     seed: int = _f(0, "Seed of the held-out split and of sampling.")
     format: str = _f("messages", "Record format (README, 'Data formats').",
                      ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference",
-                      "classification", "pair", "tagging"))
+                      "classification", "pair", "tagging", "text2text"))
     labels: list[str] | None = _f(None, "Classification: the label names in id order, so records may give a label as "
                                   "its id. None: the sorted labels that occur in the train data.")
+    source_field: str = _f("source", "text2text: the field (column) holding the input text.")
+    target_field: str = _f("target", "text2text: the field (column) holding the output text.")
+    prefix: str = _f("", "text2text: task prefix put before every input, as T5 does (e.g. 'summarize: ').")
+    max_target_length: int = _f(64, "text2text: longest target in tokens; longer ones are truncated and counted.")
+    mix: list[dict] = _f([], "text2text: more tasks trained in the same run, each {train, eval, prefix, source_field, "
+                         "target_field}; the prefix tells the model which task a record is (T5's multi-task mixing).")
     tag_scheme: str = _f("BIO", "Tagging: how tags mark entity spans. BIO: B-TYPE starts a span, I-TYPE continues it, "
                          "O is outside; BIOES adds E-TYPE (end) and S-TYPE (single-token span).", ("BIO", "BIOES"))
     max_length: int = _f(1024, "Longest sequence in tokens.")
@@ -91,6 +98,8 @@ class GenerateConfig:
     temperature: float = _f(1.0, "Sampling temperature (with do_sample).")
     top_p: float = _f(1.0, "Nucleus sampling mass (with do_sample).")
     num_beams: int = _f(1, "Beam search width; 1 is greedy.")
+    length_penalty: float = _f(1.0, "Beam search: scores are divided by length**length_penalty; > 1 favours longer outputs.")
+    no_repeat_ngram_size: int = _f(0, "Never repeat an n-gram of this size (0: no limit).")
 
 
 @dataclass
@@ -99,6 +108,9 @@ class EvalConfig:
                             "tokens; accuracy: exact match of the generated reply with the reference reply.")
     max_samples: int | None = _f(200, "Evaluate at most this many records (generation is the slow part).")
     batch_size: int = _f(32, "Eval batch size.")
+    rouge_language: str = _f("auto", "seq2seq: ROUGE's language; auto picks zh when the texts contain Chinese.",
+                             ("auto", "en", "zh"))
+    rouge_tokenizer: str = _f("char", "seq2seq, Chinese: score ROUGE by characters or by jieba words.", ("char", "jieba"))
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Generation settings for accuracy."})
 
 

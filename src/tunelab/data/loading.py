@@ -23,6 +23,8 @@ class Splits:
 
 def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None) -> Records:
     records = read_records(spec)
+    if fmt == "text2text":
+        formats.rename_text2text_fields(records, d.source_field, d.target_field)
     formats.check(records, fmt, d.tag_scheme)
     if limit is not None:
         records.rows, records.lines = records.rows[:limit], records.lines[:limit]

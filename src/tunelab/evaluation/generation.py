@@ -14,6 +14,11 @@ def check_generate(g: GenerateConfig) -> None:
         raise UserError(f"generation: max_new_tokens = {g.max_new_tokens} should be >= 1")
     if g.num_beams < 1:
         raise UserError(f"generation: num_beams = {g.num_beams} should be >= 1")
+    if g.length_penalty != 1.0 and g.num_beams == 1:
+        raise UserError(f"generation: length_penalty = {g.length_penalty} acts only in beam search; "
+                        f"set num_beams > 1 or leave length_penalty at 1.0")
+    if g.no_repeat_ngram_size < 0:
+        raise UserError(f"generation: no_repeat_ngram_size = {g.no_repeat_ngram_size} should be >= 0")
     if g.do_sample and not (g.temperature > 0 and 0 < g.top_p <= 1):
         raise UserError(f"generation: sampling needs temperature > 0 and 0 < top_p <= 1 "
                         f"(got {g.temperature}, {g.top_p})")
@@ -22,6 +27,10 @@ def check_generate(g: GenerateConfig) -> None:
 def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
     kwargs = {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams, "do_sample": g.do_sample,
               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if g.num_beams > 1:
+        kwargs["length_penalty"] = g.length_penalty
+    if g.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = g.no_repeat_ngram_size
     if g.do_sample:
         kwargs.update(temperature=g.temperature, top_p=g.top_p)
     return kwargs

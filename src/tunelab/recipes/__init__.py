@@ -7,7 +7,8 @@ import importlib
 
 from tunelab.errors import UserError
 
-STAGES = {"causal_lm": ("pretrain", "sft", "dpo"), "encoder": ("classify", "pair", "tag")}
+STAGES = {"causal_lm": ("pretrain", "sft", "dpo"), "encoder": ("classify", "pair", "tag"),
+          "seq2seq": ("pretrain", "text2text")}
 
 
 def stage_of(name: str, origin: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from tunelab import adapters, models, rundir
 from tunelab.config import Recipe, to_dict, trainer_args
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.evaluation.causal_lm import evaluate
+from tunelab.evaluation.generation import check_generate
 from tunelab.evaluation.perplexity import loss_tokens
 from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
 
@@ -72,6 +73,7 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
 def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
     started = time.time()
     adapters.check_method(recipe)
+    check_generate(recipe.eval.generate)
     staging = rundir.partial_path(out)
     args = build_args(recipe, stage, staging)
     rundir.check_free(out, resume, overwrite)
