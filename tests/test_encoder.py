@@ -157,9 +157,12 @@ def test_lora_tagging_learns_and_changes_the_adapter(tag_run):
 
 @pytest.mark.recipe
 def test_eval_with_baseline_compares_with_a_fresh_head(capsys, classify_run):
+    trained = json.loads((classify_run / "metrics.json").read_text())["eval"]
     code, out, _ = run_cli(capsys, "eval", classify_run, "--baseline")
     assert code == 0 and "macro_f1" in out and "difference" in out
     metrics = json.loads((classify_run / "metrics.json").read_text())
+    assert metrics["eval"]["accuracy"] == trained["accuracy"]  # the reloaded run scores what training scored
+    assert metrics["eval"]["per_class"] == trained["per_class"]
     assert metrics["baseline"]["accuracy"] < metrics["eval"]["accuracy"]
     assert (classify_run / "baseline_confusion.png").is_file()
 
@@ -227,4 +230,8 @@ def test_bad_encoder_input_is_one_line_and_exit_2(capsys, tmp_path):
                       "train", classify, "--output-dir", out, f"data.train={REPO / 'examples/data/address.conll'}")
     assert_user_error(capsys, r"prompt does not fit token tagging", "train", tag, "--output-dir", out,
                       "adapter.method=prompt")
+    extra = tmp_path / "extra.csv"
+    extra.write_text("text,label\nhello, world,greet\n")
+    assert_user_error(capsys, r"extra\.csv:2: more fields than the header has", "train", classify, "--output-dir", out,
+                      f"data.train={extra}")
     assert not out.exists() and not out.with_name("run.partial").exists()

@@ -75,21 +75,28 @@ def test_recipe_trains_and_saves_a_loadable_run(t5_default, tmp_path, recipe):
 
 @pytest.mark.recipe
 def test_lora_summarization_beats_the_base_model(capsys, lora_run):
-    metrics = json.loads((lora_run / "metrics.json").read_text())
-    assert metrics["train"]["final_loss"] < metrics["train"]["first_loss"] * 0.7
+    trained = json.loads((lora_run / "metrics.json").read_text())
+    assert trained["train"]["final_loss"] < trained["train"]["first_loss"] * 0.7
     code, out, _ = run_cli(capsys, "eval", lora_run, "--baseline")
     assert code == 0 and "rougeL" in out
     metrics = json.loads((lora_run / "metrics.json").read_text())
+    assert metrics["eval"]["samples"] == trained["eval"]["samples"]  # the reloaded adapter generates the same
     assert metrics["eval"]["rougeL"] > metrics["baseline"]["rougeL"] + 0.1
     assert metrics["eval"]["rouge_language"] == "en" and len(metrics["eval"]["samples"]) == 3
 
 
 @pytest.mark.recipe
 def test_generate_with_beam_search(capsys, lora_run):
-    code, out, _ = run_cli(capsys, "generate", lora_run, "--prompt",
-                           "Sales at the Boston store rose from 120 to 150 units in March.", "--num-beams", "3",
-                           "--no-repeat-ngram-size", "3", "--max-new-tokens", "16")
-    assert code == 0 and out.strip()
+    """The CLI's beam settings reach model.generate: its output equals a direct call with the same settings."""
+    from tunelab.recipes.seq2seq import load_run
+
+    report = "Sales at the Boston store rose from 120 to 150 units in March."
+    code, out, _ = run_cli(capsys, "generate", lora_run, "--prompt", report, "--num-beams", "3",
+                           "--no-repeat-ngram-size", "2", "--length-penalty", "0.5", "--max-new-tokens", "16")
+    model, tokenizer = load_run(lora_run)
+    direct = model.generate(**tokenizer(["summarize: " + report], return_tensors="pt"), num_beams=3,
+                            no_repeat_ngram_size=2, length_penalty=0.5, max_new_tokens=16, do_sample=False)
+    assert code == 0 and out.strip() == tokenizer.decode(direct[0], skip_special_tokens=True).strip()
 
 
 @pytest.mark.unit
@@ -122,6 +129,12 @@ def test_bad_seq2seq_input_is_one_line_and_exit_2(capsys, tmp_path):
     assert_user_error(r"num_beams = 0 should be >= 1", "train", recipe, "--output-dir", out, "eval.generate.num_beams=0")
     assert_user_error(r"length_penalty = 2\.0 acts only in beam search", "train", recipe, "--output-dir", out,
                       "eval.generate.length_penalty=2.0")
+    assert_user_error(r"data\.mix\[0\] has the same prefix as another task", "train", recipe, "--output-dir", out,
+                      "data.mix=[{train: builtin:rewrites_train, prefix: 'summarize: '}]")
+    assert_user_error(r"data\.mix\[0\]\.train = 5 should be a string", "train", recipe, "--output-dir", out,
+                      "data.mix=[{train: 5}]")
+    assert_user_error(r"unknown key 'data\.mix\[0\]\.prefx' \(did you mean 'prefix'", "train", recipe,
+                      "--output-dir", out, "data.mix=[{train: builtin:rewrites_train, prefx: 'p: '}]")
     assert not out.exists() and not out.with_name("run.partial").exists()
 
 

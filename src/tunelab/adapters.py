@@ -31,6 +31,9 @@ def check_method(recipe: Recipe) -> None:
     if model.quantization and method not in ("qlora", "lora"):
         raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} cannot train a 4-bit model "
                         f"(model.quantization={model.quantization}); use qlora")
+    if model.scratch is not None and not recipe.recipe.endswith(".pretrain"):
+        raise UserError(f"{recipe.origin('model.scratch')}: model.scratch builds a model to pretrain; fine-tune a "
+                        f"pretrained checkpoint or run instead (model.name_or_path)")
     if model.scratch is not None and method != "full":
         raise UserError(f"{recipe.origin('adapter.method')}: a model built from scratch (model.scratch) has no "
                         f"pretrained weights to adapt; use adapter.method=full")
@@ -67,9 +70,9 @@ def peft_config(recipe: Recipe, task: str = "causal_lm"):
     if a.method == "full":
         return None
     if a.method in ("lora", "qlora"):
-        # A fresh head is trained whole (PEFT's modules_to_save), so it must not get LoRA too; all-linear
-        # would give it LoRA for token classification.
-        heads = None if task == "causal_lm" else ["classifier", "score"]
+        # An encoder's fresh head is trained whole (PEFT's modules_to_save), so it must not get LoRA too;
+        # all-linear would give it LoRA for token classification.
+        heads = ["classifier", "score"] if task in ("classify", "tag") else None
         return LoraConfig(task_type=task_type, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
                           target_modules=a.target_modules, exclude_modules=heads)
     if a.method == "prefix":

@@ -12,6 +12,13 @@ from tunelab.errors import UserError
 EXIT_USER_ERROR = 2
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} should be >= 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune and evaluate transformers with recipes.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -28,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="eval on this file or builtin:NAME instead of the run's eval split")
     e.add_argument("--format", help="format of --data (default: the recipe's data.format)")
     e.add_argument("--baseline", action="store_true", help="also score the base model and show the difference")
-    e.add_argument("--max-samples", type=int, help="evaluate at most this many records")
+    e.add_argument("--max-samples", type=_positive, help="evaluate at most this many records")
 
     g = sub.add_parser("generate", help="generate with a run's model and its chat template")
     g.add_argument("run_dir")
@@ -49,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--text", action="append", required=True, help="the text (repeat for several)")
     r.add_argument("--text-pair", action="append", help="the second text of a pair run (one per --text)")
-    r.add_argument("--top", type=int, default=5, help="show this many most likely labels")
+    r.add_argument("--top", type=_positive, default=5, help="show this many most likely labels")
 
     m = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
     m.add_argument("run_dir")

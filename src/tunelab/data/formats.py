@@ -62,12 +62,17 @@ def _check_text_or_messages(row: dict, key: str, where: str) -> None:
         raise UserError(f"{where}: field {key!r} should be a non-empty string or a list of messages")
 
 
-def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
-    """Raise a UserError naming the first bad record's line and field."""
+def check_implied_format(records: Records, fmt: str) -> None:
+    """A built-in set or a CoNLL file says its own format; a different data.format is a mistake."""
     if records.implied_format and records.implied_format != fmt:
         kind = "built-in set" if records.source.startswith("builtin:") else "file"
         raise UserError(f"{records.source}: this {kind} is in the {records.implied_format!r} format, "
                         f"but data.format is {fmt!r}")
+
+
+def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
+    """Raise a UserError naming the first bad record's line and field."""
+    check_implied_format(records, fmt)
     for i, row in enumerate(records.rows):
         where = records.where(i)
         missing = [k for k in REQUIRED[fmt] if row.get(k) is None]

@@ -23,6 +23,7 @@ class Splits:
 
 def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None) -> Records:
     records = read_records(spec)
+    formats.check_implied_format(records, fmt)
     if fmt == "text2text":
         formats.rename_text2text_fields(records, d.source_field, d.target_field)
     formats.check(records, fmt, d.tag_scheme)

@@ -67,6 +67,9 @@ def _read_csv(path: Path) -> Records:
         reader = csv.DictReader(f)
         rows, lines = [], []
         for row in reader:
+            if None in row:  # csv puts the fields past the header's under the key None
+                raise UserError(f"{path}:{reader.line_num}: more fields than the header has (quote a field that "
+                                f"contains a comma)")
             rows.append(dict(row))
             lines.append(reader.line_num)
     return Records(rows, str(path), lines)

@@ -10,6 +10,7 @@ predicts names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def load_model(model_cfg: ModelConfig, stage: str, names: list[str]):
     """The checkpoint with a fresh head for `names` (a head it already has is replaced if the sizes differ)."""
     name = model_cfg.name_or_path
     if models.is_run_dir(name):
+        if not models.run_recipe(name).recipe.startswith("encoder."):
+            raise UserError(f"model.name_or_path = {name!r}: a {models.run_recipe(name).recipe} run, not an encoder run")
         if not (Path(name) / "model").is_dir():
             raise UserError(f"model.name_or_path = {name!r}: an adapter run; run `tunelab merge {name} OUT` "
                             f"and start from OUT")
@@ -70,8 +73,12 @@ def load_model(model_cfg: ModelConfig, stage: str, names: list[str]):
 
 
 def max_length(recipe: Recipe, model) -> int:
-    """data.max_length, but never past the model's learned positions."""
-    return min(recipe.data.max_length, getattr(model.config, "max_position_embeddings", recipe.data.max_length))
+    """data.max_length, but never past the model's learned positions, less the positions PEFT's virtual
+    tokens take (prompt tuning prepends them; prefix tuning shifts the position ids by their number)."""
+    positions = getattr(model.config, "max_position_embeddings", recipe.data.max_length)
+    if recipe.adapter.method in adapters.PROMPT_LEARNING:
+        positions -= recipe.adapter.num_virtual_tokens
+    return min(recipe.data.max_length, positions)
 
 
 def align_tags(word_ids: list[int | None], tag_ids: list[int]) -> list[int]:
@@ -119,7 +126,8 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     for name in ("train", "eval"):
         ds = getattr(splits, name)
         lengths = [len(ids) for ids in ds.map(lambda b: encode(tokenizer, stage, b, None), batched=True)["input_ids"]]
-        setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
+        setattr(splits, name, apply_length_limit(ds, lengths, dataclasses.replace(recipe.data, max_length=limit),
+                                                 name, splits.report))
 
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
     peft_config = adapters.peft_config(recipe, task="tag" if stage == "tag" else "classify")
@@ -201,10 +209,11 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
                             f"(run: {', '.join(names)}); evaluate with --data FILE")
         ds = splits.eval
     model, tokenizer = load_run(run_dir)
-    results = {"model": evaluate(model, tokenizer, recipe, stage, names, ds, run_dir)}
+    plots = None if data else run_dir  # the run's confusion.png belongs to its own eval split
+    results = {"model": evaluate(model, tokenizer, recipe, stage, names, ds, plots)}
     if baseline:
         base, base_tokenizer = base_model_of(run_dir)
-        results["baseline"] = evaluate(base, base_tokenizer, recipe, stage, names, ds, run_dir, prefix="baseline_")
+        results["baseline"] = evaluate(base, base_tokenizer, recipe, stage, names, ds, plots, prefix="baseline_")
     _print_report(results["model"], stage)
     return results
 

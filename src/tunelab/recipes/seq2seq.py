@@ -1,6 +1,6 @@
 """Seq2seq recipes for T5-class encoder-decoders (AutoModelForSeq2SeqLM):
 - pretrain: T5's span corruption (tunelab.data.span_corruption) on plain text, from scratch with
-  `model.scratch` (a Unigram tokenizer with sentinels is trained too) or continued from a checkpoint;
+  `model.scratch` (a tokenizer with T5's sentinels is trained too) or continued from a checkpoint;
 - text2text: input text -> output text with a task prefix (summarize: ...), under Seq2SeqTrainer;
   `data.mix` adds more tasks with their own prefixes to the same run, as T5 trains several tasks at once.
 
@@ -10,6 +10,7 @@ Evaluation generates in batches (greedy or beam search, eval.generate) and score
 
 from __future__ import annotations
 
+import string
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForS
                           Seq2SeqTrainingArguments, Trainer, TrainingArguments)
 
 from tunelab import adapters, models, rundir
-from tunelab.config import DataConfig, ModelConfig, Recipe, check_keys, to_dict, trainer_args
+from tunelab.config import DataConfig, ModelConfig, Recipe, build_section, check_keys, to_dict, trainer_args
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.data.span_corruption import SpanCorruptionCollator
 from tunelab.errors import UserError
@@ -42,21 +43,28 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
                         output_dir=str(output_dir))
 
 
-def train_unigram_tokenizer(texts, vocab_size: int):
-    """A SentencePiece-style Unigram tokenizer as T5 uses (words marked by a leading ▁), with T5's
-    special tokens: <pad> 0 (also the decoder start), </s> 1, <unk> 2, and the sentinels."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, normalizers, pre_tokenizers, processors, trainers
+def train_t5_tokenizer(texts, vocab_size: int):
+    """A SentencePiece-style tokenizer (words marked by a leading ▁, BPE pieces) with T5's special tokens:
+    <pad> 0 (also the decoder start), </s> (appended to every input), <unk>, and the sentinels.
+    Chinese characters are split apart first, as BERT's tokenizer does, so the vocabulary is not spent on
+    whole Chinese phrases; BPE rather than T5's Unigram, because tokenizers' Unigram trainer gave poor
+    English pieces on this small corpus ("from" as four letters)."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tok_models, normalizers, pre_tokenizers, processors, trainers
 
     sentinels = [f"<extra_id_{i}>" for i in range(SENTINELS)]
-    tok = Tokenizer(tok_models.Unigram())
+    tok = Tokenizer(tok_models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", *sentinels],
-                                      unk_token="<unk>", show_progress=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"[\u3400-\u9fff]"), behavior="isolated"),
+                                                 pre_tokenizers.Metaspace(prepend_scheme="first")])
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    # Every printable ASCII character and common Chinese punctuation get a piece even if the training text
+    # lacks them, so a user's "%" or "?" is not <unk> (the built-in text has neither).
+    alphabet = [c for c in string.printable if not c.isspace()] + list("，。；！？、（）“”《》")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", *sentinels],
+                                  initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
+    eos = ("</s>", tok.token_to_id("</s>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                                                 unk_token="<unk>", additional_special_tokens=sentinels)
 
@@ -65,7 +73,7 @@ def scratch_model(model_cfg: ModelConfig, texts):
     spec = dict(model_cfg.scratch)
     if spec.pop("model_type", "t5") != "t5":
         raise UserError("model.scratch: the seq2seq recipes build model_type t5")
-    tokenizer = train_unigram_tokenizer(texts, spec.pop("vocab_size", 2000))
+    tokenizer = train_t5_tokenizer(texts, spec.pop("vocab_size", 2000))
     try:
         config = transformers.T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
@@ -78,6 +86,9 @@ def scratch_model(model_cfg: ModelConfig, texts):
 def load_model(model_cfg: ModelConfig):
     """(model, tokenizer) for a recipe's `model:`; a run directory comes back with its LoRA merged."""
     if models.is_run_dir(model_cfg.name_or_path):
+        family = models.run_recipe(model_cfg.name_or_path).recipe
+        if not family.startswith("seq2seq."):
+            raise UserError(f"model.name_or_path = {model_cfg.name_or_path!r}: a {family} run, not a seq2seq run")
         return load_run(model_cfg.name_or_path, merge=True)
     path = models.resolve(model_cfg.name_or_path)
     models.check_kind(model_cfg, path, encoder_decoder=True)
@@ -88,16 +99,27 @@ def load_model(model_cfg: ModelConfig):
 
 
 def task_data(recipe: Recipe) -> list[tuple[DataConfig, str]]:
-    """The main task's data section and each `data.mix` task's, with the name results are filed under."""
-    tasks = [(recipe.data, recipe.data.prefix.strip().rstrip(":") or "main")]
+    """The main task's data section and each `data.mix` task's, with the name its scores are filed under
+    (its prefix without the colon). A mix task shares the main task's lengths and format, nothing else."""
+    tasks = [(recipe.data, _task_name(recipe.data.prefix, "main"))]
+    shared = {k: getattr(recipe.data, k) for k in ("format", "max_length", "max_target_length", "overlong",
+                                                   "eval_fraction", "seed")}
     for i, extra in enumerate(recipe.data.mix):
-        origin = f"data.mix[{i}]"
-        if not isinstance(extra, dict) or "train" not in extra:
-            raise UserError(f"{recipe.origin('data.mix')}: {origin} should be a mapping with at least 'train'")
-        check_keys(extra, MIX_KEYS, "data.mix", recipe)
-        d = DataConfig(**{**vars(recipe.data), "eval": None, "mix": [], **extra})
-        tasks.append((d, d.prefix.strip().rstrip(":") or f"task{i + 1}"))
+        section = f"data.mix[{i}]"
+        check_keys(extra, MIX_KEYS, section, recipe)
+        if "train" not in extra:
+            raise UserError(f"{recipe.origin(section)}: {section} needs 'train' (and usually 'eval' and 'prefix')")
+        d = build_section(DataConfig, {**shared, **extra}, section, recipe)
+        name = _task_name(d.prefix, f"task{i + 1}")
+        if name in [n for _, n in tasks]:
+            raise UserError(f"{recipe.origin(section)}: {section} has the same prefix as another task "
+                            f"({d.prefix!r}); give each task its own prefix so the model can tell them apart")
+        tasks.append((d, name))
     return tasks
+
+
+def _task_name(prefix: str, default: str) -> str:
+    return prefix.strip().rstrip(":").strip() or default
 
 
 def load_tasks(recipe: Recipe, stage: str):
