@@ -230,6 +230,8 @@ def test_bad_encoder_input_is_one_line_and_exit_2(capsys, tmp_path):
                       "train", classify, "--output-dir", out, f"data.train={REPO / 'examples/data/address.conll'}")
     assert_user_error(capsys, r"prompt does not fit token tagging", "train", tag, "--output-dir", out,
                       "adapter.method=prompt")
+    assert_user_error(capsys, r"data\.labels applies to classification and pair data only",
+                      "train", tag, "--output-dir", out, "data.labels=[O, B-CITY]")
     extra = tmp_path / "extra.csv"
     extra.write_text("text,label\nhello, world,greet\n")
     assert_user_error(capsys, r"extra\.csv:2: more fields than the header has", "train", classify, "--output-dir", out,

@@ -47,6 +47,10 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
     if d.format not in allowed_formats:
         raise UserError(f"{recipe.origin('data.format')}: data.format = {d.format!r} does not fit {recipe.recipe} "
                         f"(use {', '.join(allowed_formats)})")
+    for key, applies in (("labels", ("classification", "pair")), ("mix", ("text2text",)), ("prefix", ("text2text",))):
+        if getattr(d, key) and d.format not in applies:
+            raise UserError(f"{recipe.origin('data.' + key)}: data.{key} applies to {' and '.join(applies)} data only; "
+                            f"this recipe's data.format is {d.format!r}")
     train_records = _read(d.train, d, d.format, d.max_train_samples)
     names = None
     if d.format in labels.LABELLED:
