@@ -62,6 +62,9 @@ def test_dpo_reports_reward_accuracy_and_margin(tmp_path):
     assert main(["train", str(RECIPES / "dpo_lora.yaml"), "--output-dir", str(out), *QUICK]) == 0
     ev = json.loads((out / "metrics.json").read_text())["eval"]
     assert 0 <= ev["rewards/accuracies"] <= 1 and math.isfinite(ev["rewards/margins"])
+    # As the demo does: a DPO run scored on chat data (exact match needs the reference replies).
+    assert main(["eval", str(out), "--data", "builtin:sft_eval", "--format", "messages", "--max-samples", "4"]) == 0
+    assert "accuracy" in json.loads((out / "metrics.json").read_text())["eval_data"]["builtin:sft_eval"]["model"]
 
 
 def test_overlong_records_are_counted_and_dropped_on_request(tmp_path):

@@ -200,6 +200,8 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
     from tunelab.evaluation.encoder import evaluate
 
     names = run_labels(run_dir)
+    if fmt and fmt not in FORMATS[stage]:
+        raise UserError(f"--format {fmt}: a {recipe.recipe} run evaluates {', '.join(FORMATS[stage])} data")
     if data:
         ds = load_dataset(data, recipe.data, fmt, names)
     else:

@@ -263,6 +263,8 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
     """{"model": ROUGE (or denoising loss), "baseline": the same for the base model (with --baseline)}."""
     from tunelab.evaluation.seq2seq import evaluate, print_samples
 
+    if fmt and fmt not in FORMATS[stage]:
+        raise UserError(f"--format {fmt}: a {recipe.recipe} run evaluates {', '.join(FORMATS[stage])} data")
     if data:
         ds = load_dataset(data, recipe.data, fmt)
         eval_sets = {"main": ds if stage == "pretrain" else ds.map(lambda r: {"source": recipe.data.prefix + r["source"]})}
