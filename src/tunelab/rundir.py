@@ -173,9 +173,12 @@ def train_metrics(trainer, result) -> dict:
 
 
 def portable(name_or_path: str) -> str:
-    """Local paths become absolute, so the run still finds its base from any working directory."""
+    """Local paths become absolute, so the run still finds its base from any working directory; an
+    embedded default is pinned to the build it started from (models.pinned)."""
+    from tunelab.models import pinned
+
     path = Path(name_or_path)
-    return str(path.resolve()) if path.exists() else name_or_path
+    return str(path.resolve()) if path.exists() else pinned(name_or_path)
 
 
 def write_run(staging: Path, out: Path, recipe_dict: dict, metrics: dict, auto_class: str) -> None:
