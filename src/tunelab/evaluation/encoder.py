@@ -73,17 +73,11 @@ def _plot_confusion(matrix, names: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     size = 2 + 0.6 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (row, col), value in zip(((r, c) for r in range(len(names)) for c in range(len(names))), matrix.flatten()):
-        ax.text(col, row, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    fig.colorbar(image)
+    ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, cmap="Blues", xticks_rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
