@@ -215,8 +215,6 @@ def run_recipe(run_dir: str | Path) -> Recipe:
 
 def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
     """(model, tokenizer) of a finished run: its full model, or its base with the adapter attached."""
-    from peft import PeftModel
-
     run_dir = Path(run_dir)
     if (run_dir / "model").is_dir():
         cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
@@ -228,13 +226,20 @@ def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None 
     base_cfg = recipe.model if not merge else ModelConfig(**{**vars(recipe.model), "quantization": None})
     base, _ = load_causal_lm(base_cfg)
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    return attach_adapter(base, run_dir, recipe.adapter.method, merge), tokenizer
+
+
+def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
+    """A run's saved PEFT adapter on `base`; with `merge`, folded into its weights (every family's runs)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, Path(run_dir) / "adapter")
     if merge:
-        if recipe.adapter.method not in ("lora", "qlora"):
-            raise UserError(f"{run_dir}: a {recipe.adapter.method} adapter cannot be merged into the weights; "
+        if method not in ("lora", "qlora"):
+            raise UserError(f"{run_dir}: a {method} adapter cannot be merged into the weights; "
                             f"only LoRA adapters can (train on top of the base model instead)")
         model = model.merge_and_unload()
-    return model, tokenizer
+    return model
 
 
 def base_model_of(run_dir: str | Path):

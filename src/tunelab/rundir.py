@@ -146,6 +146,14 @@ def model_card(recipe_dict: dict, metrics: dict, auto_class: str) -> str:
             f"| eval metric | value |\n|---|---|\n{rows}\n\n```python\n{load}\n```\n")
 
 
+def trainer_defaults(**family: object) -> dict:
+    """tunelab's defaults for every trainer's argument class (a recipe's train: section overrides any),
+    plus a recipe family's own. Without CUDA, use_cpu makes ranks started by `accelerate launch` join
+    one gloo process group; otherwise each CPU process would train alone and race on the run directory."""
+    return {"report_to": "none", "save_strategy": "steps", "save_total_limit": 2, "seed": 0, "disable_tqdm": True,
+            "include_num_input_tokens_seen": "non_padding", "use_cpu": not torch.cuda.is_available(), **family}
+
+
 def count_params(model) -> tuple[int, int]:
     """(trainable, total). peft counts 4-bit weights at their real size."""
     if hasattr(model, "get_nb_trainable_parameters"):

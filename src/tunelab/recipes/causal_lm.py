@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 import transformers
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -27,13 +26,8 @@ FORMATS = {
     "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
     "dpo": ("preference",),
 }
-# tunelab's defaults for the trainer configs (a recipe's train: section overrides any of them).
 # TRL defaults to bf16 and gradient checkpointing, which slow a small model on the CPU down.
-TRAIN_DEFAULTS = {
-    "report_to": "none", "bf16": False, "activation_checkpointing": False, "logging_steps": 5,
-    "save_strategy": "steps", "save_steps": 200, "save_total_limit": 2, "seed": 0, "disable_tqdm": True,
-    "include_num_input_tokens_seen": "non_padding",
-}
+TRAIN_DEFAULTS = {"bf16": False, "activation_checkpointing": False, "logging_steps": 5, "save_steps": 200}
 # Pad to the longest in a batch of similar lengths: measured faster on the CPU than padding-free packing
 # (README, "Speed"). Measured for SFT only, so DPO keeps the Trainer's default (random) order.
 LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
@@ -58,9 +52,7 @@ def _sft_loss_args(recipe: Recipe) -> dict:
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
-    # Without CUDA, use_cpu makes ranks started by `accelerate launch` join one gloo process group;
-    # otherwise each CPU process would train alone and they would race on the run directory.
-    defaults = dict(TRAIN_DEFAULTS, use_cpu=not torch.cuda.is_available())
+    defaults = rundir.trainer_defaults(**TRAIN_DEFAULTS)
     if "gradient_checkpointing" in recipe.train:  # the deprecated name still works if a user writes it
         defaults.pop("activation_checkpointing")
     if stage == "dpo":

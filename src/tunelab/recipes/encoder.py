@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import transformers
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 from transformers.utils import logging as hf_logging
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
                           DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments)
@@ -27,10 +27,7 @@ from tunelab.data.loading import apply_length_limit, load_splits
 from tunelab.errors import UserError
 
 FORMATS = {"classify": ("classification",), "pair": ("pair",), "tag": ("tagging",)}
-TRAIN_DEFAULTS = {
-    "report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 200, "save_total_limit": 2,
-    "seed": 0, "disable_tqdm": True, "include_num_input_tokens_seen": "non_padding",
-}
+TRAIN_DEFAULTS = {"logging_steps": 10, "save_steps": 200}
 LABELS_FILE = "labels.json"
 IGNORE = -100  # the label the loss skips: special tokens and the later sub-tokens of a word
 
@@ -40,10 +37,7 @@ def auto_class(stage: str):
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path) -> TrainingArguments:
-    import torch
-
-    return trainer_args(TrainingArguments, recipe, dict(TRAIN_DEFAULTS, use_cpu=not torch.cuda.is_available()),
-                        output_dir=str(output_dir))
+    return trainer_args(TrainingArguments, recipe, rundir.trainer_defaults(**TRAIN_DEFAULTS), output_dir=str(output_dir))
 
 
 def load_model(model_cfg: ModelConfig, stage: str, names: list[str]):
@@ -174,11 +168,7 @@ def load_run(run_dir: str | Path, merge: bool = False):
         path = run_dir / "model"
         return auto_class(stage).from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     base, _ = load_model(recipe.model, stage, run_labels(run_dir))
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    if merge:
-        if recipe.adapter.method != "lora":
-            raise UserError(f"{run_dir}: a {recipe.adapter.method} adapter cannot be merged into the weights; only LoRA can")
-        model = model.merge_and_unload()
+    model = models.attach_adapter(base, run_dir, recipe.adapter.method, merge)
     return model.eval(), AutoTokenizer.from_pretrained(run_dir / "adapter")
 
 
@@ -188,7 +178,7 @@ def base_model_of(run_dir: str | Path):
 
     recipe = models.run_recipe(run_dir)
     _, stage = stage_of(recipe.recipe, str(Path(run_dir) / "recipe.yaml"))
-    transformers.set_seed(recipe.train.get("seed", TRAIN_DEFAULTS["seed"]))
+    transformers.set_seed(build_args(recipe, stage, Path(run_dir)).seed)
     model, tokenizer = load_model(recipe.model, stage, run_labels(run_dir))
     return model.eval(), tokenizer
 

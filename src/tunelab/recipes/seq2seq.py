@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                           Seq2SeqTrainingArguments, Trainer, TrainingArguments)
 
@@ -29,18 +29,14 @@ from tunelab.errors import UserError
 from tunelab.evaluation.generation import check_generate
 
 FORMATS = {"pretrain": ("text",), "text2text": ("text2text",)}
-TRAIN_DEFAULTS = {
-    "report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 500, "save_total_limit": 2,
-    "seed": 0, "disable_tqdm": True, "include_num_input_tokens_seen": "non_padding",
-}
+TRAIN_DEFAULTS = {"logging_steps": 10, "save_steps": 500}
 MIX_KEYS = ["train", "eval", "prefix", "source_field", "target_field"]
 SENTINELS = 100  # <extra_id_0> ... <extra_id_99>, as T5's own vocabularies have
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
     args_cls = Seq2SeqTrainingArguments if stage == "text2text" else TrainingArguments
-    return trainer_args(args_cls, recipe, dict(TRAIN_DEFAULTS, use_cpu=not torch.cuda.is_available()),
-                        output_dir=str(output_dir))
+    return trainer_args(args_cls, recipe, rundir.trainer_defaults(**TRAIN_DEFAULTS), output_dir=str(output_dir))
 
 
 def train_t5_tokenizer(texts, vocab_size: int):
@@ -245,11 +241,7 @@ def load_run(run_dir: str | Path, merge: bool = False):
         return AutoModelForSeq2SeqLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     recipe = models.run_recipe(run_dir)
     base, _ = load_model(recipe.model)
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    if merge:
-        if recipe.adapter.method != "lora":
-            raise UserError(f"{run_dir}: a {recipe.adapter.method} adapter cannot be merged into the weights; only LoRA can")
-        model = model.merge_and_unload()
+    model = models.attach_adapter(base, run_dir, recipe.adapter.method, merge)
     return model.eval(), AutoTokenizer.from_pretrained(run_dir / "adapter")
 
 
