@@ -41,3 +41,15 @@ def test_interrupted_run_resumes_to_the_same_final_step(tmp_path):
     # the resumed part logs from the checkpoint on, not from step 1 again
     assert steps.count(1) == 1 and steps[-1] == 30
     assert not staging.exists()
+
+
+@pytest.mark.unit
+def test_resume_skips_a_checkpoint_cut_short_by_a_crash(tmp_path):
+    """Killed while saving: checkpoint-10 has no state, checkpoint-15 an empty one; resume from checkpoint-5."""
+    from tunelab.rundir import last_checkpoint
+
+    for step, state in ((5, json.dumps({"global_step": 5})), (10, None), (15, "")):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")

@@ -52,12 +52,20 @@ def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
 
 
 def last_checkpoint(staging: Path) -> str | None:
-    """The newest complete checkpoint: a crash during a save leaves one without trainer_state.json,
-    which the Trainer writes last. transformers' get_last_checkpoint only checks that the folder
-    exists, so it would pick that broken one."""
-    checkpoints = sorted((p for p in staging.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+    """The newest complete checkpoint: a crash during a save leaves one without trainer_state.json (the
+    Trainer writes it last), or with that file cut short. transformers' get_last_checkpoint only checks
+    that the folder exists, so it would pick that broken one."""
+    checkpoints = sorted((p for p in staging.glob("checkpoint-*") if _complete(p / "trainer_state.json")),
                          key=lambda p: int(p.name.rsplit("-", 1)[1]))
     return str(checkpoints[-1]) if checkpoints else None
+
+
+def _complete(state: Path) -> bool:
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def finalize(staging: Path, out: Path) -> None:
