@@ -1,4 +1,4 @@
-"""`tunelab train|eval|generate|predict|merge|parity|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
+"""`tunelab train|eval|generate|predict|merge|parity|bench|compare|sweep|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -52,10 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
 
-    r = sub.add_parser("predict", help="label a text with an encoder run (classes with probabilities, or entity spans)")
+    r = sub.add_parser("predict", help="label a text with an encoder run (classes with probabilities, or entity spans), "
+                                       "or an image with a CLIP run (zero-shot label probabilities)")
     r.add_argument("run_dir")
-    r.add_argument("--text", action="append", required=True, help="the text (repeat for several)")
+    r.add_argument("--text", action="append", help="encoder runs: the text (repeat for several)")
     r.add_argument("--text-pair", action="append", help="the second text of a pair run (one per --text)")
+    r.add_argument("--image", action="append", help="CLIP runs: an image file (repeat for several)")
+    r.add_argument("--labels", help='CLIP runs: the candidate labels, comma-separated, e.g. "red circle,blue star"')
+    r.add_argument("--template", help='CLIP runs: the prompt a label is put in (default: the recipe\'s first, '
+                                      '"a photo of a {}.")')
     r.add_argument("--top", type=_positive, default=5, help="show this many most likely labels")
 
     m = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
@@ -67,6 +72,28 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-k", dest="match", help="only checks whose component contains this text (e.g. t5, lora)")
     q.add_argument("--run-dir", action="append", default=[],
                    help="also compare our Qwen2 with this Qwen2 run's model (LoRA merged); repeatable")
+
+    b = sub.add_parser("bench", help="train a recipe briefly under several variants, side by side: tokens/s, "
+                                     "padding, step time, peak memory, loss, ratios to a baseline (table, JSON, PNG)")
+    b.add_argument("recipe")
+    b.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every variant")
+    b.add_argument("--variants", help="comma-separated variant names (default: the batch layouts, the methods and "
+                                      "the TRL-default row; CUDA-only variants are added on a GPU)")
+    b.add_argument("--steps", type=_positive, default=20, help="optimizer steps per variant (after warm-up)")
+    b.add_argument("--baseline", default="trl-default", help="the variant every ratio is taken against")
+    b.add_argument("--output-dir", default="runs/bench", help="where bench.json and bench.png go")
+
+    c = sub.add_parser("compare", help="one table (and a PNG bar chart) of several runs: method, trainable "
+                                       "parameters, train time, tokens/s, peak memory, task metrics")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--output", help="where the chart goes (default: compare.png in the current directory)")
+
+    s = sub.add_parser("sweep", help="run one recipe under several methods with the same data and budget, then compare")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every method")
+    s.add_argument("--methods", default="lora,qlora,prefix,prompt,full", help="comma-separated adapter methods")
+    s.add_argument("--output-dir", help="parent of the runs, one per method (default: runs/sweep-<recipe name>)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing runs of the sweep")
 
     sub.add_parser("recipes", help="list the shipped recipes")
     v = sub.add_parser("validate", help="check a recipe without training")

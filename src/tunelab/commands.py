@@ -215,3 +215,21 @@ def cmd_demo(args) -> int:
     run_demo(Path(args.output_dir))
     return 0
 
+
+
+def cmd_bench(args) -> int:
+    from tunelab.bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_compare(args) -> int:
+    from tunelab.compare import run_compare
+
+    return run_compare(args)
+
+
+def cmd_sweep(args) -> int:
+    from tunelab.sweep import run_sweep
+
+    return run_sweep(args)

@@ -223,6 +223,9 @@ def predict(run_dir: Path, recipe: Recipe, stage: str, args) -> list[str]:
     """Lines to print: each text's labels with probabilities, or its entity spans."""
     from tunelab.evaluation.encoder import class_probabilities, spans, split_words, word_tags
 
+    if not args.text or args.image or args.labels:
+        raise UserError(f"predict: an encoder run ({recipe.recipe}) labels texts: give --text TEXT "
+                        f"(--image and --labels are for CLIP runs)")
     pairs = args.text_pair or []
     if stage == "pair" and len(pairs) != len(args.text):
         raise UserError(f"predict: a pair run needs one --text-pair for each --text ({len(args.text)} given, "
