@@ -74,7 +74,7 @@ def test_invalid_yaml_reports_line(tmp_path):
 
 def test_every_shipped_recipe_parses():
     recipes = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.parent.name != "accelerate")
-    assert len(recipes) >= 28
+    assert len(recipes) >= 32
     for path in recipes:
         recipe = load_recipe(path)
         assert recipe.description, f"{path} has no description for `tunelab recipes`"
@@ -84,7 +84,8 @@ def test_every_shipped_recipe_validates(capsys):
     """Schema, trainer arguments, data and method checks for every recipe, hub ones included (offline)."""
     from tunelab.cli import main
 
-    recipes = sorted(p for family in ("qwen2", "bert", "t5") for p in (RECIPES_DIR / family).glob("*.yaml"))
+    recipes = sorted(p for family in ("qwen2", "bert", "t5", "clip") for p in (RECIPES_DIR / family).glob("*.yaml"))
     assert any("bert-base-chinese" in p.name for p in recipes) and any("flan-t5" in p.name for p in recipes)
+    assert any("clip-vit-base-patch32" in p.name for p in recipes)
     for path in recipes:
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err

@@ -84,7 +84,7 @@ def cmd_generate(args) -> int:
     if not args.prompt and not args.chat:
         raise UserError("generate: give --prompt TEXT or --chat")
     run_dir, recipe, family, _ = _finished_run(args.run_dir)
-    if recipe.recipe.startswith("encoder."):
+    if recipe.recipe.startswith(("encoder.", "clip.")):
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
     seq2seq = recipe.recipe.startswith("seq2seq.")
     if seq2seq and (args.chat or args.system):
@@ -149,10 +149,13 @@ def cmd_validate(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
-    adapters.check_method(recipe)
+    getattr(family, "check_method", adapters.check_method)(recipe)
     check_generate(recipe.eval.generate)
     family.build_args(recipe, stage, Path("runs") / "validate")
-    if is_hub_data(recipe.data.train):
+    if hasattr(family, "read_data"):  # image data: every path checked, no pixels decoded
+        report = family.read_data(recipe)[-1]
+        counts = f"{report['train_records']} train / {report['eval_records']} eval pairs"
+    elif is_hub_data(recipe.data.train):
         counts = "hub data (fetched when trained)"
     else:
         report = load_splits(recipe, family.FORMATS[stage]).report

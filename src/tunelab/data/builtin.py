@@ -23,6 +23,7 @@ from tunelab.data.builtin_intents import intent_pairs, intents
 from tunelab.data.builtin_reports import corpus as report_corpus
 from tunelab.data.builtin_reports import corpus_eval as report_corpus_eval
 from tunelab.data.builtin_reports import reports, rewrites
+from tunelab.data.builtin_shapes import shape_captions
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
 
@@ -116,6 +117,10 @@ DATASETS = {
     "reports_zh_eval": (lambda: reports("zh", "eval"), "text2text"),
     "rewrites_train": (lambda: rewrites("train"), "text2text"),
     "rewrites_eval": (lambda: rewrites("eval"), "text2text"),
+    "shapes_train": (lambda: shape_captions("train"), "image_caption"),
+    "shapes_eval": (lambda: shape_captions("eval"), "image_caption"),
+    "shapes_shifted_train": (lambda: shape_captions("shifted_train"), "image_caption"),
+    "shapes_shifted_eval": (lambda: shape_captions("shifted_eval"), "image_caption"),
     "corpus": (corpus, "text"),
     "corpus_eval": (corpus_eval, "text"),
     "sft_train": (lambda: sft("train"), "messages"),

@@ -84,6 +84,39 @@ def read_image_folder(root: str | Path) -> Records:
     return Records(rows, str(root), [None] * len(rows))
 
 
+def read_pairs(spec: str, caption_template: str = "a photo of a {}.") -> Records:
+    """Image-caption pairs from any of the three sources a CLIP recipe's `data.train`/`data.eval` may name:
+    builtin:NAME (pictures in memory), an image folder (captions from `caption_template` and the class
+    name), or a .jsonl/.csv captions file."""
+    if spec.startswith("builtin:"):
+        records = read_records(spec)
+        if records.implied_format != "image_caption":
+            raise UserError(f"{spec}: this built-in set is in the {records.implied_format!r} format, not image_caption "
+                            f"(the built-in image sets are builtin:shapes_train, shapes_eval, shapes_shifted_train, "
+                            f"shapes_shifted_eval)")
+        return records
+    if Path(spec).is_dir():
+        records = read_image_folder(spec)
+        for row in records.rows:
+            row["caption"] = caption_template.format(row["label"])
+        return records
+    return read_image_captions(spec)
+
+
+def read_labelled(spec: str) -> Records:
+    """Labelled images for zero-shot classification: an image folder, builtin:NAME, or a captions file whose
+    records also have a 'label'. At least two classes."""
+    records = read_pairs(spec) if spec.startswith("builtin:") or not Path(spec).is_dir() else read_image_folder(spec)
+    for i, row in enumerate(records.rows):
+        if not isinstance(row.get("label"), str) or not row["label"].strip():
+            raise UserError(f"{records.where(i)}: record has no 'label' field (zero-shot evaluation needs each "
+                            f"image's class name; or give an image folder with one subfolder per class)")
+    classes = {row["label"] for row in records.rows}
+    if len(classes) < 2:
+        raise UserError(f"{spec}: {len(classes)} class ({', '.join(classes)}); zero-shot evaluation needs at least two")
+    return records
+
+
 def _is_image(path: Path, under: Path) -> bool:
     hidden = any(part.startswith(".") for part in path.relative_to(under).parts)
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not hidden

@@ -1,6 +1,7 @@
 """Recipe modules. `recipe: causal_lm.sft` in a YAML file names module `causal_lm`, stage `sft`.
 
-Each module has FORMATS (stage -> data formats), build_args, train, load_run, base_model_of and evaluate_run.
+Each module has FORMATS (stage -> data formats), build_args, train, load_run, base_model_of and evaluate_run;
+encoder and clip runs also predict, and clip reads its image data itself (read_data, check_method).
 """
 
 import importlib
@@ -8,7 +9,7 @@ import importlib
 from tunelab.errors import UserError
 
 STAGES = {"causal_lm": ("pretrain", "sft", "dpo"), "encoder": ("classify", "pair", "tag"),
-          "seq2seq": ("pretrain", "text2text")}
+          "seq2seq": ("pretrain", "text2text"), "clip": ("pretrain", "finetune")}
 
 
 def stage_of(name: str, origin: str) -> tuple[str, str]:
