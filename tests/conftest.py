@@ -4,6 +4,7 @@ fewer pretraining steps than the real one: the same build path (subprocess, lock
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,22 @@ def tunelab(*args: str, check: bool = True, env: dict | None = None) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"tunelab {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, stdout, stderr)."""
+    from tunelab.cli import main
+
+    code = main(list(map(str, args)))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(capsys, pattern: str, *args):
+    """Exit code 2 and exactly one error line, which matches `pattern`."""
+    code, _, err = run_cli(capsys, *args)
+    lines = [line for line in err.strip().splitlines() if line.startswith("tunelab: error:")]
+    assert code == 2 and len(lines) == 1 and re.search(pattern, lines[0]), err
 
 
 @pytest.fixture(scope="session")

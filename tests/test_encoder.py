@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, assert_user_error, run_cli
 from tunelab.cli import main
 from tunelab.data.readers import read_records
 from tunelab.errors import UserError
@@ -35,18 +35,6 @@ def tag_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "tag_lora"
     train(out, "tag_lora", "train.max_steps=40", "data.max_train_samples=320", "train.warmup_steps=0")
     return out
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(map(str, args)))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(capsys, pattern: str, *args):
-    code, _, err = run_cli(capsys, *args)
-    lines = [line for line in err.strip().splitlines() if line.startswith("tunelab: error:")]
-    assert code == 2 and len(lines) == 1 and re.search(pattern, lines[0]), err
 
 
 # ---------------------------------------------------------------- units

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from tunelab.cli import main
 
 T5 = REPO / "recipes" / "t5"
@@ -36,12 +36,6 @@ def lora_run(t5_default, tmp_path_factory):
     train(out, "summarize_lora", "train.max_steps=60", "data.max_train_samples=960", "train.warmup_steps=0",
           "train.learning_rate=1e-2", "eval.max_samples=40")
     return out
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(map(str, args)))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.recipe

@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -186,6 +187,14 @@ def train_metrics(trainer, result) -> dict:
         "device": str(next(trainer.model.parameters()).device) + (f" x{torch.cuda.device_count()}"
                                                                   if torch.cuda.is_available() else ""),
     }
+
+
+def run_metrics(recipe, trainer, result, scores: dict, report: dict, started: float, **extra) -> dict:
+    """metrics.json of a finished run: the same keys in every recipe family (`tunelab compare` reads them)."""
+    trainable, total = count_params(trainer.model)
+    return {"recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": trainer.args.world_size, **extra,
+            "trainable_params": trainable, "total_params": total, "train": train_metrics(trainer, result),
+            "eval": scores, "data": report, **peak_memory_mb(), "wall_time_s": round(time.time() - started, 1)}
 
 
 def portable(name_or_path: str) -> str:

@@ -102,18 +102,10 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
     trainer.save_model(str(saved))
     tokenizer.save_pretrained(str(saved))
-    trainable, total = rundir.count_params(trainer.model)
-    metrics = {
-        "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
-        "chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
-        "trainable_params": trainable, "total_params": total,
-        "train": rundir.train_metrics(trainer, result),
-        "eval": {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
-                 **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}},
-        "data": splits.report,
-        **rundir.peak_memory_mb(),
-        "wall_time_s": round(time.time() - started, 1),
-    }
+    scores = {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
+              **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}}
+    metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started,
+                                 chat_template=getattr(tokenizer, "tunelab_chat_template", "own"))
     rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForCausalLM")
     return metrics
 

@@ -223,16 +223,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     tokenizer.save_pretrained(str(saved))
     processor.save_pretrained(str(saved))
     report["train_images_skipped"] = len(collator.skipped)
-    trainable, total = rundir.count_params(trainer.model)
-    metrics = {
-        "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
-        "trainable_params": trainable, "total_params": total,
-        "train": {**rundir.train_metrics(trainer, result), "logit_scale": _temperature(trainer.model)},
-        "eval": evaluate(trainer.model, tokenizer, processor, recipe, eval_pairs, labelled),
-        "data": report,
-        **rundir.peak_memory_mb(),
-        "wall_time_s": round(time.time() - started, 1),
-    }
+    scores = evaluate(trainer.model, tokenizer, processor, recipe, eval_pairs, labelled)
+    metrics = rundir.run_metrics(recipe, trainer, result, scores, report, started)
+    metrics["train"]["logit_scale"] = _temperature(trainer.model)
     rundir.write_run(staging, out, to_dict(recipe), metrics, "CLIPModel")
     return metrics
 

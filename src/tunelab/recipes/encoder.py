@@ -139,16 +139,8 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     trainer.save_model(str(saved))
     tokenizer.save_pretrained(str(saved))
     rundir.write_json(staging / LABELS_FILE, {"labels": splits.labels, "tag_scheme": recipe.data.tag_scheme})
-    trainable, total = rundir.count_params(trainer.model)
-    metrics = {
-        "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
-        "trainable_params": trainable, "total_params": total,
-        "train": rundir.train_metrics(trainer, result),
-        "eval": evaluate(trainer.model, tokenizer, recipe, stage, splits.labels, splits.eval, staging),
-        "data": splits.report,
-        **rundir.peak_memory_mb(),
-        "wall_time_s": round(time.time() - started, 1),
-    }
+    scores = evaluate(trainer.model, tokenizer, recipe, stage, splits.labels, splits.eval, staging)
+    metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started)
     rundir.write_run(staging, out, to_dict(recipe), metrics, auto_class(stage).__name__)
     return metrics
 

@@ -219,16 +219,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
                                                    recipe.eval.batch_size)}
     else:
         scores = evaluate(trainer.model, tokenizer, recipe, eval_sets)
-    trainable, total = rundir.count_params(trainer.model)
-    metrics = {
-        "recipe": recipe.recipe, "method": recipe.adapter.method, "world_size": args.world_size,
-        "trainable_params": trainable, "total_params": total,
-        "train": rundir.train_metrics(trainer, result),
-        "eval": scores,
-        "data": report,
-        **rundir.peak_memory_mb(),
-        "wall_time_s": round(time.time() - started, 1),
-    }
+    metrics = rundir.run_metrics(recipe, trainer, result, scores, report, started)
     rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForSeq2SeqLM")
     return metrics
 
