@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
+from conftest import REPO, assert_user_error, run_cli
 from tunelab.cli import main
 from tunelab.data.images import write_builtin
 
@@ -38,19 +38,6 @@ def lora_run(clip_default, tmp_path_factory):
     out = tmp_path_factory.mktemp("clip") / "finetune_lora"
     train(out, "finetune_lora")
     return out
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(map(str, args)))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(capsys, pattern: str, *args):
-    code, _, err = run_cli(capsys, *args)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
 
 
 @pytest.mark.recipe
@@ -108,7 +95,7 @@ def test_a_frozen_vision_tower_stays_as_it_was(tmp_path, clip_default, method):
 
 
 @pytest.mark.recipe
-def test_eval_baseline_and_predict_on_a_saved_run(capsys, lora_run, tmp_path):
+def test_eval_baseline_predict_and_merge_on_a_saved_run(capsys, lora_run, tmp_path):
     code, out, err = run_cli(capsys, "eval", lora_run, "--baseline", "--max-samples", "30")
     assert code == 0, err
     assert re.search(r"i2t_recall@1\s+[\d.]+\s+[\d.]+", out) and "zero_shot_accuracy" in out
@@ -123,6 +110,21 @@ def test_eval_baseline_and_predict_on_a_saved_run(capsys, lora_run, tmp_path):
     probs = [float(line.split()[-1]) for line in lines[1:]]
     assert lines[0].endswith(str(image)) and len(probs) == 3 and abs(sum(probs) - 1) < 1e-4
     assert probs == sorted(probs, reverse=True)
+
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(capsys, "merge", lora_run, merged)
+    assert code == 0, err
+    from transformers import CLIPModel
+
+    from tunelab.recipes.clip import load_run
+
+    model, _, _ = load_run(lora_run)
+    pixels = torch.rand(2, 3, 48, 48)
+    expected = model.get_image_features(pixel_values=pixels).pooler_output
+    standalone = CLIPModel.from_pretrained(merged).eval()
+    torch.testing.assert_close(standalone.get_image_features(pixel_values=pixels).pooler_output, expected,
+                               atol=1e-5, rtol=1e-5)
+    assert (merged / "preprocessor_config.json").is_file() and (merged / "tokenizer.json").is_file()
 
 
 @pytest.mark.recipe

@@ -120,11 +120,12 @@ def cmd_merge(args) -> int:
         raise UserError(f"{run_dir}: no adapter/ to merge (a full fine-tuning run already has a standalone model/)")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out}: exists; pass --overwrite to replace it")
-    model, tokenizer = family.load_run(run_dir, merge=True)
+    model, *processors = family.load_run(run_dir, merge=True)  # the tokenizer (and a CLIP run's image processor)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    for processor in processors:
+        processor.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
