@@ -93,6 +93,17 @@ def is_run_dir(path: str | Path) -> bool:
     return (p / "recipe.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir())
 
 
+def is_family_run(name_or_path: str, family: str, kind: str) -> bool:
+    """True for a finished run of recipe family `family` (a base to continue from); a run of another family
+    is a UserError, `kind` naming what was expected (e.g. "a seq2seq run")."""
+    if not is_run_dir(name_or_path):
+        return False
+    found = run_recipe(name_or_path).recipe
+    if not found.startswith(family + "."):
+        raise UserError(f"model.name_or_path = {name_or_path!r}: a {found} run, not {kind}")
+    return True
+
+
 def pinned(name: str) -> str:
     """`embedded:tiny-qwen2@<fingerprint>`: how a run records which build of an embedded default it started
     from, so that an adapter is never put on a default rebuilt from a changed recipe or data."""

@@ -141,10 +141,7 @@ def scratch_model(model_cfg: ModelConfig, captions: list[str]):
 
 def load_model(model_cfg: ModelConfig):
     """(CLIPModel, tokenizer, image processor) for a recipe's `model:`; a run directory comes back merged."""
-    if models.is_run_dir(model_cfg.name_or_path):
-        family = models.run_recipe(model_cfg.name_or_path).recipe
-        if not family.startswith("clip."):
-            raise UserError(f"model.name_or_path = {model_cfg.name_or_path!r}: a {family} run, not a CLIP run")
+    if models.is_family_run(model_cfg.name_or_path, "clip", "a CLIP run"):
         return load_run(model_cfg.name_or_path, merge=True)
     path = models.resolve(model_cfg.name_or_path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
@@ -214,14 +211,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     collator = ImageCaptionCollator(tokenizer, processor, recipe.data.on_image_error)
     trainer = Trainer(model=model, args=args, train_dataset=as_items(train_pairs), data_collator=collator,
                       callbacks=[rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()])
-    result = trainer.train(resume_from_checkpoint=rundir.last_checkpoint(staging) if resume else None)
-    if not trainer.is_world_process_zero():
+    result = rundir.train_and_save(trainer, staging, recipe.adapter.method, resume, (tokenizer, processor))
+    if result is None:
         return {}
-
-    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
-    trainer.save_model(str(saved))
-    tokenizer.save_pretrained(str(saved))
-    processor.save_pretrained(str(saved))
     report["train_images_skipped"] = len(collator.skipped)
     scores = evaluate(trainer.model, tokenizer, processor, recipe, eval_pairs, labelled)
     metrics = rundir.run_metrics(recipe, trainer, result, scores, report, started)

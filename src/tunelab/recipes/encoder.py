@@ -43,9 +43,7 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path) -> TrainingArgument
 def load_model(model_cfg: ModelConfig, stage: str, names: list[str]):
     """The checkpoint with a fresh head for `names` (a head it already has is replaced if the sizes differ)."""
     name = model_cfg.name_or_path
-    if models.is_run_dir(name):
-        if not models.run_recipe(name).recipe.startswith("encoder."):
-            raise UserError(f"model.name_or_path = {name!r}: a {models.run_recipe(name).recipe} run, not an encoder run")
+    if models.is_family_run(name, "encoder", "an encoder run"):
         if not (Path(name) / "model").is_dir():
             raise UserError(f"model.name_or_path = {name!r}: an adapter run; run `tunelab merge {name} OUT` "
                             f"and start from OUT")
@@ -131,13 +129,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     trainer = Trainer(model=model, args=args, train_dataset=_tokenized(splits.train, tokenizer, stage, splits.labels, limit),
                       data_collator=collator, processing_class=tokenizer,
                       callbacks=[rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()])
-    result = trainer.train(resume_from_checkpoint=rundir.last_checkpoint(staging) if resume else None)
-    if not trainer.is_world_process_zero():
+    result = rundir.train_and_save(trainer, staging, recipe.adapter.method, resume, (tokenizer,))
+    if result is None:
         return {}
-
-    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
-    trainer.save_model(str(saved))
-    tokenizer.save_pretrained(str(saved))
     rundir.write_json(staging / LABELS_FILE, {"labels": splits.labels, "tag_scheme": recipe.data.tag_scheme})
     scores = evaluate(trainer.model, tokenizer, recipe, stage, splits.labels, splits.eval, staging)
     metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started)

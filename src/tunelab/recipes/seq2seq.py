@@ -81,10 +81,7 @@ def scratch_model(model_cfg: ModelConfig, texts):
 
 def load_model(model_cfg: ModelConfig):
     """(model, tokenizer) for a recipe's `model:`; a run directory comes back with its LoRA merged."""
-    if models.is_run_dir(model_cfg.name_or_path):
-        family = models.run_recipe(model_cfg.name_or_path).recipe
-        if not family.startswith("seq2seq."):
-            raise UserError(f"model.name_or_path = {model_cfg.name_or_path!r}: a {family} run, not a seq2seq run")
+    if models.is_family_run(model_cfg.name_or_path, "seq2seq", "a seq2seq run"):
         return load_run(model_cfg.name_or_path, merge=True)
     path = models.resolve(model_cfg.name_or_path)
     models.check_kind(model_cfg, path, encoder_decoder=True)
@@ -207,13 +204,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     trainer = trainer_cls(model=model, args=args, train_dataset=train_tokens, data_collator=collator,
                           processing_class=tokenizer,
                           callbacks=[rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()])
-    result = trainer.train(resume_from_checkpoint=rundir.last_checkpoint(staging) if resume else None)
-    if not trainer.is_world_process_zero():
+    result = rundir.train_and_save(trainer, staging, recipe.adapter.method, resume, (tokenizer,))
+    if result is None:
         return {}
-
-    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
-    trainer.save_model(str(saved))
-    tokenizer.save_pretrained(str(saved))
     if stage == "pretrain":
         scores = {"denoising_loss": denoising_loss(trainer.model, tokenizer, eval_sets["main"], recipe.data,
                                                    recipe.eval.batch_size)}
