@@ -34,7 +34,7 @@ LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
 _NO_LIMIT = 10**9
 
 
-def _record_length(tokenizer, row: dict) -> int:
+def record_length(tokenizer, row: dict) -> int:
     """Untruncated token count, so overlong records can be counted (or dropped) before TRL truncates them."""
     if "rejected" in row:  # a preference pair is as long as its longer side
         return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
@@ -82,7 +82,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
 
     for name in ("train", "eval"):
         ds = getattr(splits, name)
-        lengths = [_record_length(tokenizer, row) for row in ds]
+        lengths = [record_length(tokenizer, row) for row in ds]
         setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
 
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
