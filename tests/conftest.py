@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "qwen2"
 # Enough steps for the loss to fall, few enough for seconds on a CPU.
 QUICK_PRETRAIN = ["train.max_steps=60", "train.save_strategy=no"]
+QUICK_T5_PRETRAIN = ["train.max_steps=40", "train.save_strategy=no"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,6 +40,14 @@ def tunelab(*args: str, check: bool = True, env: dict | None = None) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"tunelab {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def t5_default():
+    """The embedded T5 built the real way (child process, cache, lock), with few pretraining steps."""
+    from tunelab import models
+
+    return models.build_embedded(QUICK_T5_PRETRAIN, name=models.EMBEDDED_T5).parent
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

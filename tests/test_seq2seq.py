@@ -11,17 +11,8 @@ from conftest import REPO, run_cli
 from tunelab.cli import main
 
 T5 = REPO / "recipes" / "t5"
-QUICK_T5_PRETRAIN = ["train.max_steps=40", "train.save_strategy=no"]
 QUICK = ["train.max_steps=6", "train.logging_steps=1", "train.save_strategy=no", "data.max_train_samples=96",
          "eval.max_samples=16"]
-
-
-@pytest.fixture(scope="session")
-def t5_default():
-    """The embedded T5 built the real way (child process, cache, lock), with few pretraining steps."""
-    from tunelab import models
-
-    return models.build_embedded(QUICK_T5_PRETRAIN, name=models.EMBEDDED_T5).parent
 
 
 def train(out, recipe: str, *overrides: str) -> dict:

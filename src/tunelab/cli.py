@@ -90,8 +90,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="run one recipe under several methods with the same data and budget, then compare")
     s.add_argument("recipe")
-    s.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every method")
-    s.add_argument("--methods", default="lora,qlora,prefix,prompt,full", help="comma-separated adapter methods")
+    s.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every method; METHOD:key.sub=value "
+                                                "to one method only, e.g. prompt:train.learning_rate=0.3")
+    s.add_argument("--methods", help="comma-separated adapter methods (default: lora,qlora,prefix,prompt,full, "
+                                     "skipping those the recipe cannot use)")
     s.add_argument("--output-dir", help="parent of the runs, one per method (default: runs/sweep-<recipe name>)")
     s.add_argument("--overwrite", action="store_true", help="replace existing runs of the sweep")
 

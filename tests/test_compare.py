@@ -1,0 +1,124 @@
+"""`tunelab compare` over finished runs of any family, and `tunelab sweep` training one task under several methods
+on the embedded T5 and ending with compare's table and chart."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO, assert_user_error, run_cli, tunelab
+
+SUMMARIZE = REPO / "recipes" / "t5" / "summarize_lora.yaml"
+TINY_BUDGET = ["train.max_steps=2", "data.max_train_samples=32", "eval.max_samples=4", "train.save_strategy=no"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def finished_run(path, recipe: str, method: str, scores: dict, learning_rate=None, **metrics):
+    """A run directory as `tunelab train` leaves it, without weights (compare reads only the files)."""
+    path.mkdir(parents=True)
+    (path / "adapter").mkdir()
+    train = {"learning_rate": learning_rate} if learning_rate is not None else {}
+    (path / "recipe.yaml").write_text(yaml.safe_dump({"recipe": recipe, "adapter": {"method": method},
+                                                      "data": {"train": "builtin:x"}, "train": train}))
+    (path / "metrics.json").write_text(json.dumps({
+        "recipe": recipe, "method": method, "trainable_params": 1000, "total_params": 100000,
+        "train": {"runtime_s": 12.5, "tokens_per_second": 2000.0, "steps": 10}, "eval": scores,
+        "peak_rss_mb": 800.0, **metrics}))
+    return path
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """First cell -> all cells, for each Markdown table row printed."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+    return {r[0]: r for r in rows if not set(r[0]) <= {"-"}}
+
+
+@pytest.mark.unit
+def test_compare_shows_the_union_of_metrics_across_families(tmp_path, capsys):
+    sft = finished_run(tmp_path / "sft", "causal_lm.sft", "lora", {"perplexity": 1.25, "accuracy": 0.5, "n": 20},
+                       learning_rate=5e-3)
+    t5 = finished_run(tmp_path / "t5", "seq2seq.text2text", "full",
+                      {"rougeL": 0.6, "accuracy": 0.25, "samples": [{"x": 1}], "generation": {"num_beams": 1}},
+                      learning_rate="1e-3", peak_cuda_allocated_mb=3000.0)  # YAML reads 1e-3 as text
+    chart = tmp_path / "out" / "cmp.png"
+    code, out, _ = run_cli(capsys, "compare", sft, t5, "--output", chart)
+    assert code == 0
+    rows = table_rows(out)
+    header = rows["run"]
+    assert header[header.index("peak memory") + 1:] == ["perplexity", "accuracy", "rougeL"]  # floats only
+    column = {name: header.index(name) for name in header}
+    assert rows["sft"][column["perplexity"]] == "1.25" and rows["t5"][column["perplexity"]] == "-"
+    assert rows["sft"][column["rougeL"]] == "-" and rows["t5"][column["accuracy"]] == "0.25"
+    assert rows["sft"][column["lr"]] == "0.005" and rows["t5"][column["lr"]] == "0.001"
+    assert rows["sft"][column["share"]] == "1.00%" and rows["sft"][column["tokens/s"]] == "2,000"
+    assert rows["sft"][column["peak memory"]] == "800 MB RSS" and rows["t5"][column["peak memory"]] == "3,000 MB CUDA"
+    assert chart.read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in chart.parent.iterdir()) == ["cmp.json", "cmp.png"]  # no temporary file left
+    saved = json.loads((tmp_path / "out" / "cmp.json").read_text())["runs"]
+    assert [r["method"] for r in saved] == ["lora", "full"] and saved[1]["metrics"] == {"rougeL": 0.6, "accuracy": 0.25}
+
+
+@pytest.mark.unit
+def test_runs_with_the_same_name_are_told_apart_by_their_parent(tmp_path, capsys):
+    first = finished_run(tmp_path / "sweep1" / "lora", "seq2seq.text2text", "lora", {"rougeL": 0.5})
+    second = finished_run(tmp_path / "sweep2" / "lora", "seq2seq.text2text", "lora", {"rougeL": 0.6})
+    code, out, _ = run_cli(capsys, "compare", first, second, "--output", tmp_path / "c.png")
+    rows = table_rows(out)
+    assert code == 0 and {"sweep1/lora", "sweep2/lora"} <= set(rows)
+    assert rows["sweep1/lora"][rows["run"].index("lr")] == "-"  # the recipe left it to the trainer
+
+
+@pytest.mark.unit
+def test_compare_names_what_is_not_a_finished_run(tmp_path, capsys):
+    good = finished_run(tmp_path / "good", "seq2seq.text2text", "lora", {"rougeL": 0.5})
+    (tmp_path / "half").mkdir()
+    assert_user_error(capsys, re.escape(str(tmp_path / "half")) + ": not a finished run directory",
+                      "compare", good, tmp_path / "half", "--output", tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.fixture(scope="module")
+def sweep(t5_default, tmp_path_factory):
+    """The default methods on the T5 summarization recipe, with a per-method learning rate for prompt tuning."""
+    out = tmp_path_factory.mktemp("sweep") / "t5"
+    result = tunelab("sweep", str(SUMMARIZE), "--output-dir", str(out), *TINY_BUDGET, "prompt:train.learning_rate=0.3")
+    return out, result
+
+
+@pytest.mark.recipe
+def test_sweep_trains_every_method_the_recipe_fits_and_ends_with_the_table(sweep):
+    out, result = sweep
+    assert re.search(r"skipped qlora: .*causal LMs only", result.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.png", "full", "lora", "prefix", "prompt"]
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["run", "lora", "prefix", "prompt", "full"] and "rougeL" in rows["run"]
+    runs = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["runs"]}
+    assert {json.loads((out / m / "metrics.json").read_text())["train"]["steps"] for m in runs} == {2}  # same budget
+    assert runs["prompt"]["learning_rate"] == 0.3
+    assert runs["lora"]["learning_rate"] == runs["full"]["learning_rate"] == 3e-3  # the recipe's
+    share = {m: r["trainable_percent"] for m, r in runs.items()}
+    assert share["full"] == 100 and share["prompt"] < share["lora"] < 100
+    assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.recipe
+def test_a_second_sweep_into_the_same_runs_is_refused_before_training(sweep, capsys):
+    out, _ = sweep
+    before = (out / "lora" / "metrics.json").stat().st_mtime_ns
+    assert_user_error(capsys, r"lora.*runs of an earlier sweep are there; pass --overwrite",
+                      "sweep", SUMMARIZE, "--output-dir", out, *TINY_BUDGET)
+    assert (out / "lora" / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("args, error", [
+    (["--methods", "lora,qlora"], r"--methods qlora: .*causal LMs only"),  # named, so refused rather than skipped
+    (["--methods", "lora,lorra"], r"--methods lora,lorra: lorra \(the methods: lora, qlora"),
+    (["full:train.learning_rate=1e-3", "--methods", "lora,prefix"], r"'full' is not one of the swept methods"),
+    (["adapter.method=full"], r"sweep sets adapter.method itself"),
+    (["train.no_such_option=1"], r"unknown key 'train.no_such_option'"),
+])
+def test_sweep_mistakes_are_refused_before_anything_trains(args, error, tmp_path, capsys):
+    assert_user_error(capsys, error, "sweep", SUMMARIZE, "--output-dir", tmp_path / "sweep", *args)
+    assert not (tmp_path / "sweep").exists()
