@@ -23,9 +23,8 @@ from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
-from tunelab import adapters, models, rundir
+from tunelab import adapters, rundir
 from tunelab.config import load_recipe
-from tunelab.data.loading import apply_length_limit, load_splits
 from tunelab.errors import UserError
 from tunelab.recipes import causal_lm
 
@@ -150,13 +149,8 @@ def _build_trainer(recipe_path: str, overrides: list[str], trl_default: bool, ma
         args = SFTConfig(output_dir=output_dir, max_steps=max_steps, use_cpu=not torch.cuda.is_available(), **HARNESS)
     else:
         args = causal_lm.build_args(recipe, "sft", output_dir)
-    transformers.set_seed(args.seed)
-    model, tokenizer = models.load_causal_lm(recipe.model)
-    adapters.check_model_fits(recipe, model)
-    splits = load_splits(recipe, causal_lm.FORMATS["sft"])
-    lengths = [causal_lm.record_length(tokenizer, row) for row in splits.train]
-    train = apply_length_limit(splits.train, lengths, recipe.data, "train", splits.report)
-    return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+    model, tokenizer, splits = causal_lm.model_and_data(recipe, "sft", args.seed)
+    return SFTTrainer(model=model, args=args, train_dataset=splits.train, processing_class=tokenizer,
                       peft_config=adapters.peft_config(recipe))
 
 

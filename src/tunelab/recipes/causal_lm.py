@@ -34,7 +34,7 @@ LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
 _NO_LIMIT = 10**9
 
 
-def record_length(tokenizer, row: dict) -> int:
+def _record_length(tokenizer, row: dict) -> int:
     """Untruncated token count, so overlong records can be counted (or dropped) before TRL truncates them."""
     if "rejected" in row:  # a preference pair is as long as its longer side
         return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
@@ -62,6 +62,25 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
                         max_length=recipe.data.max_length, **(_sft_loss_args(recipe) if stage == "sft" else {}))
 
 
+def model_and_data(recipe: Recipe, stage: str, seed: int):
+    """(model, tokenizer, splits) for a run of this stage, overlong records counted (or dropped); `tunelab
+    train` and `tunelab bench` both start here."""
+    splits = load_splits(recipe, FORMATS[stage])
+    # The Trainer seeds only in its own __init__, after a scratch model and TRL's PEFT wrapping have drawn
+    # their initial weights: seed first, so the same recipe builds the same model.
+    transformers.set_seed(seed)
+    if recipe.model.scratch is not None:
+        model, tokenizer = models.scratch_model(recipe.model, (r["text"] for r in splits.train))
+    else:
+        model, tokenizer = models.load_causal_lm(recipe.model)
+    adapters.check_model_fits(recipe, model)
+    for name in ("train", "eval"):
+        ds = getattr(splits, name)
+        lengths = [_record_length(tokenizer, row) for row in ds]
+        setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
+    return model, tokenizer, splits
+
+
 def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
     started = time.time()
     adapters.check_method(recipe)
@@ -69,21 +88,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     staging = rundir.partial_path(out)
     args = build_args(recipe, stage, staging)
     rundir.check_free(out, resume, overwrite)
-    splits = load_splits(recipe, FORMATS[stage])
-    # The Trainer seeds only in its own __init__, after a scratch model and TRL's PEFT wrapping have drawn
-    # their initial weights: seed first, so the same recipe builds the same model.
-    transformers.set_seed(args.seed)
-
-    if recipe.model.scratch is not None:
-        model, tokenizer = models.scratch_model(recipe.model, (r["text"] for r in splits.train))
-    else:
-        model, tokenizer = models.load_causal_lm(recipe.model)
-    adapters.check_model_fits(recipe, model)
-
-    for name in ("train", "eval"):
-        ds = getattr(splits, name)
-        lengths = [record_length(tokenizer, row) for row in ds]
-        setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
+    model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
 
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
     log_path = staging / "train_log.jsonl"
