@@ -106,7 +106,7 @@ def read_pairs(spec: str, caption_template: str = "a photo of a {}.") -> Records
 def read_labelled(spec: str) -> Records:
     """Labelled images for zero-shot classification: an image folder, builtin:NAME, or a captions file whose
     records also have a 'label'. At least two classes."""
-    records = read_pairs(spec) if spec.startswith("builtin:") or not Path(spec).is_dir() else read_image_folder(spec)
+    records = read_pairs(spec)
     for i, row in enumerate(records.rows):
         if not isinstance(row.get("label"), str) or not row["label"].strip():
             raise UserError(f"{records.where(i)}: record has no 'label' field (zero-shot evaluation needs each "

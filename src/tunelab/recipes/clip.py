@@ -79,7 +79,7 @@ class ImageCaptionCollator:
             if image is None:
                 self.skipped.add(row["image"])
                 continue
-            images.append(image.convert("RGB"))
+            images.append(image)  # RGB already: load_image converts, and the built-in sets are drawn in RGB
             captions.append(row["caption"])
         if not images:
             raise UserError(f"{items[0][1]}: no image of this batch could be decoded (on_error: skip); check the files")
