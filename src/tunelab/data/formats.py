@@ -3,18 +3,27 @@
 | format            | a record                                                         | becomes (TRL)            |
 |-------------------|------------------------------------------------------------------|--------------------------|
 | text              | {"text": "..."}                                                  | language modeling        |
-| messages          | {"messages": [{"role": "system"|"user"|"assistant", "content"}]} | conversational           |
-| alpaca            | {"instruction", "input" (optional), "output"}                    | conversational           |
-| sharegpt          | {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}   | conversational           |
+| messages          | {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content"}]} | conversational    |
+| alpaca            | {"instruction", "input", "output", "system", "history": [[user, assistant], ...]}; input, system, history optional | conversational |
+| sharegpt          | {"conversations": [{"from": "human"|"gpt"|"system"|"observation"|"function_call", "value"}], "system" (optional)} | conversational |
 | prompt_completion | {"prompt", "completion"}: strings or message lists               | prompt-completion        |
 | preference        | {"prompt", "chosen", "rejected"}: strings or message lists       | preference               |
 | classification    | {"text", "label"}: label a name or an id                          | sequence classification  |
 | pair              | {"text", "text_pair", "label"}                                   | sequence-pair classification |
 | tagging           | {"tokens": [...], "tags": [...]}, one tag per token (or .conll)  | token classification     |
 | text2text         | {"source", "target"} (names set by data.source_field/target_field) | seq2seq                |
+
+alpaca and sharegpt are LLaMA-Factory's (and ms-swift's) shapes: alpaca's `history` turns come before the
+instruction, sharegpt's `observation` is a tool's result (role "tool") and `function_call` the model's call
+(role "assistant", its text kept as the content). A field a format does not read is named once per file
+(`report_unused_fields`), so no data is left out without a word.
 """
 
 from __future__ import annotations
+
+import difflib
+import reprlib
+from collections import Counter
 
 import datasets
 
@@ -23,7 +32,9 @@ from tunelab.data.readers import Records
 from tunelab.errors import UserError
 
 ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+MESSAGES_ROLES = (*ROLES, "tool")  # the messages format also takes tool results
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                  "observation": "tool", "function_call": "assistant"}  # the last two: LLaMA-Factory's tool turns
 REQUIRED = {
     "text": ("text",),
     "messages": ("messages",),
@@ -36,18 +47,26 @@ REQUIRED = {
     "tagging": ("tokens", "tags"),
     "text2text": ("source", "target"),
 }
+# Every field a format reads (REQUIRED and the optional ones); text2text's after rename_text2text_fields.
+FIELDS = {**REQUIRED, "alpaca": ("instruction", "input", "output", "system", "history"),
+          "sharegpt": ("conversations", "system")}
 # What each format looks like, to name the right one when a record has the wrong fields.
 _SIGNATURES = {"tagging": "tokens", "classification": "label", "messages": "messages", "preference": "chosen"}
 
 
-def _check_messages(messages, where: str, field: str, need_assistant: bool) -> None:
+def _empty(value) -> bool:
+    """An optional field left out: null, a blank string (a CSV's empty cell) or an empty list."""
+    return value is None or value == [] or (isinstance(value, str) and not value.strip())
+
+
+def _check_messages(messages, where: str, field: str, need_assistant: bool, roles: tuple[str, ...] = ROLES) -> None:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: field {field!r} should be a non-empty list of messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise UserError(f"{where}: {field}[{i}] should be an object with 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise UserError(f"{where}: {field}[{i}].role = {m['role']!r} should be one of {', '.join(ROLES)}")
+        if m["role"] not in roles:
+            raise UserError(f"{where}: {field}[{i}].role = {m['role']!r} should be one of {', '.join(roles)}")
         if not isinstance(m["content"], str):
             raise UserError(f"{where}: {field}[{i}].content should be a string")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
@@ -84,18 +103,11 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
         if fmt == "text" and (not isinstance(row["text"], str) or not row["text"].strip()):
             raise UserError(f"{where}: field 'text' should be a non-empty string")
         elif fmt == "messages":
-            _check_messages(row["messages"], where, "messages", need_assistant=True)
+            _check_messages(row["messages"], where, "messages", need_assistant=True, roles=MESSAGES_ROLES)
         elif fmt == "alpaca":
-            for key in ("instruction", "output"):
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise UserError(f"{where}: field {key!r} should be a non-empty string")
+            _check_alpaca(row, where)
         elif fmt == "sharegpt":
-            turns = row["conversations"]
-            if not isinstance(turns, list) or not turns:
-                raise UserError(f"{where}: field 'conversations' should be a non-empty list")
-            for j, t in enumerate(turns):
-                if not isinstance(t, dict) or t.get("from") not in SHAREGPT_ROLES or not isinstance(t.get("value"), str):
-                    raise UserError(f"{where}: conversations[{j}] should be {{'from': human|gpt|system, 'value': str}}")
+            _check_sharegpt(row, where)
         elif fmt in ("prompt_completion", "preference"):
             for key in REQUIRED[fmt]:
                 _check_text_or_messages(row, key, where)
@@ -107,6 +119,55 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
             for key in ("source", "target"):
                 if not isinstance(row[key], str) or not row[key].strip():
                     raise UserError(f"{where}: field {key!r} should be a non-empty string")
+    report_unused_fields(records, FIELDS[fmt])
+
+
+def report_unused_fields(records: Records, used: tuple[str, ...]) -> None:
+    """Print one line naming the fields of a user's file that are not in `used`, with how many records give each
+    (a null or blank value gives nothing); nothing for a built-in set or a file with no such field."""
+    if records.source.startswith("builtin:"):
+        return
+    counts = Counter(k for row in records.rows for k, v in row.items() if k not in used and not _empty(v))
+    if not counts:
+        return
+    listed = []
+    for key, n in counts.items():
+        close = difflib.get_close_matches(str(key), used, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed.append(f"{key} ({n} record{'' if n == 1 else 's'}{hint})")
+    print(f"tunelab: {records.source}: fields tunelab does not use: {', '.join(listed)}")
+
+
+def _check_alpaca(row: dict, where: str) -> None:
+    for key in ("instruction", "output"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise UserError(f"{where}: field {key!r} should be a non-empty string")
+    if not _empty(row.get("system")) and not isinstance(row["system"], str):
+        raise UserError(f"{where}: field 'system' should be a string, got {type(row['system']).__name__}")
+    history = row.get("history")
+    if _empty(history):
+        return
+    if not isinstance(history, list):
+        raise UserError(f"{where}: field 'history' should be a list of [user, assistant] pairs, "
+                        f"got {type(history).__name__}")
+    for j, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(s, str) for s in pair):
+            raise UserError(f"{where}: field 'history'[{j}] should be a [user, assistant] pair of strings, "
+                            f"got {reprlib.repr(pair)}")
+
+
+def _check_sharegpt(row: dict, where: str) -> None:
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise UserError(f"{where}: field 'conversations' should be a non-empty list")
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or t.get("from") not in SHAREGPT_ROLES or not isinstance(t.get("value"), str):
+            raise UserError(f"{where}: conversations[{j}] should be {{'from': {'|'.join(SHAREGPT_ROLES)}, "
+                            f"'value': str}}, got {reprlib.repr(t)}")
+    if not any(SHAREGPT_ROLES[t["from"]] == "assistant" for t in turns):
+        raise UserError(f"{where}: field 'conversations' has no gpt turn to learn from")
+    if not _empty(row.get("system")) and not isinstance(row["system"], str):
+        raise UserError(f"{where}: field 'system' should be a string, got {type(row['system']).__name__}")
 
 
 def _check_labelled_text(row: dict, fmt: str, where: str) -> None:
@@ -135,12 +196,20 @@ def _check_tokens_and_tags(row: dict, where: str, scheme: str) -> None:
 
 
 def _alpaca_to_messages(row: dict) -> dict:
-    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]}
+    """system, then each history pair as a user and an assistant turn, then instruction (+ input) and output."""
+    messages = [] if row["system"] is None else [{"role": "system", "content": row["system"]}]
+    for user, assistant in row["history"] or []:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    user = row["instruction"] + (f"\n\n{row['input']}" if row["input"] is not None else "")
+    return {"messages": [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]}
 
 
 def _sharegpt_to_messages(row: dict) -> dict:
-    return {"messages": [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]}
+    """The turns with their roles renamed; the top-level system first unless the turns start with one."""
+    messages = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]
+    if row["system"] is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": row["system"]})
+    return {"messages": messages}
 
 
 def _last_reply_as_completion(row: dict) -> dict:
@@ -151,7 +220,13 @@ def _last_reply_as_completion(row: dict) -> dict:
 
 def to_dataset(records: Records, fmt: str, loss_on: str = "assistant") -> datasets.Dataset:
     """Checked records -> a Dataset in the shape TRL takes for this format and loss choice."""
-    ds = datasets.Dataset.from_list(records.rows)
+    # Every row gets each field the format reads, and only those: from_list takes its columns from the
+    # first row, and a left-out optional field becomes null ("" and [] too, so Arrow can type a column
+    # that has them beside strings or lists). The fields left out were named by report_unused_fields.
+    optional = set(FIELDS[fmt]) - set(REQUIRED[fmt])
+    rows = [{k: None if k in optional and _empty(row.get(k)) else row.get(k) for k in FIELDS[fmt]}
+            for row in records.rows]
+    ds = datasets.Dataset.from_list(rows)
     keep = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"],
             "preference": ["prompt", "chosen", "rejected"],
             **{f: list(REQUIRED[f]) for f in ("classification", "pair", "tagging", "text2text")}}
@@ -179,10 +254,12 @@ def prompt_and_reference(row: dict) -> tuple[str | list, str] | None:
 
 
 def rename_text2text_fields(records: Records, source_field: str, target_field: str) -> None:
-    """Rows with the recipe's field names become {"source", "target"}; a missing field names its line."""
+    """Rows with the recipe's field names become {"source", "target"}; a missing field names its line.
+    The fields left out are reported here, under the names the user gave them."""
     for i, row in enumerate(records.rows):
         for field in (source_field, target_field):
             if row.get(field) is None:
                 raise UserError(f"{records.where(i)}: record has no {field!r} field (data.source_field = "
                                 f"{source_field!r}, data.target_field = {target_field!r}; it has {', '.join(row) or 'nothing'})")
-        records.rows[i] = {"source": row[source_field], "target": row[target_field]}
+    report_unused_fields(records, (source_field, target_field))
+    records.rows[:] = [{"source": row[source_field], "target": row[target_field]} for row in records.rows]
