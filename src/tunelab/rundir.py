@@ -29,7 +29,11 @@ def check_free(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber a run: decided before anything is written."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    if overwrite or resume:
+    if overwrite:
+        return
+    if resume:
+        if out.exists() and not partial_path(out).exists():
+            _refuse_resume(out)
         return
     if out.exists():
         raise UserError(f"{out}: run directory exists; pass --resume to continue it, --overwrite to replace it, "
@@ -39,6 +43,17 @@ def check_free(out: Path, resume: bool, overwrite: bool) -> None:
                         f"--overwrite to start again")
 
 
+def _refuse_resume(out: Path) -> None:
+    """--resume continues `<dir>.partial`; a finished run (or any other directory) has nothing to continue,
+    and is left exactly as it is."""
+    if (out / "metrics.json").is_file():
+        raise UserError(f"{out}: this run is complete (it has metrics.json), so there is nothing to resume; to train "
+                        f"it further, start a new run from it (model.name_or_path={out} and another --output-dir), "
+                        f"or pass --overwrite instead of --resume to train it again from the start")
+    raise UserError(f"{out}: not an interrupted run (there is no {partial_path(out).name}), so there is nothing to "
+                    f"resume; pass --overwrite instead of --resume to replace it, or choose another --output-dir")
+
+
 def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
     """Create (rank 0 only) and return the staging directory the trainer writes into."""
     staging = partial_path(out)
@@ -46,8 +61,6 @@ def stage(out: Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
         return staging
     if overwrite:
         shutil.rmtree(staging, ignore_errors=True)
-    elif resume and out.exists() and not staging.exists():
-        out.rename(staging)  # resuming a finished run: it goes back to staging until it finishes again
     staging.mkdir(parents=True, exist_ok=True)
     return staging
 

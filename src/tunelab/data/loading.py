@@ -21,9 +21,12 @@ class Splits:
     labels: list[str] | None = None  # the encoder formats' label names, in id order
 
 
-def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None) -> Records:
+def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None, way_out: str = "") -> Records:
     records = read_records(spec)
-    formats.check_implied_format(records, fmt)
+    try:
+        formats.check_implied_format(records, fmt)
+    except UserError as e:
+        raise UserError(f"{e}{way_out}") from None
     if fmt == "text2text":
         formats.rename_text2text_fields(records, d.source_field, d.target_field)
     formats.check(records, fmt, d.tag_scheme)
@@ -33,10 +36,11 @@ def _read(spec: str, d: DataConfig, fmt: str, limit: int | None = None) -> Recor
 
 
 def load_dataset(spec: str, d: DataConfig, fmt: str | None = None, label_names: list[str] | None = None,
-                 known_from: str = "the run's train data") -> datasets.Dataset:
-    """One file or built-in set; for the encoder formats, its labels must be among `label_names`."""
+                 known_from: str = "the run's train data", way_out: str = "") -> datasets.Dataset:
+    """One file or built-in set; for the encoder formats, its labels must be among `label_names`. `way_out`
+    ends the message when the set says it is in another format than `fmt`."""
     fmt = fmt or d.format
-    records = _read(spec, d, fmt)
+    records = _read(spec, d, fmt, way_out=way_out)
     if fmt in labels.LABELLED:
         labels.use_names(records, fmt, label_names, bool(d.labels), known_from)
     return formats.to_dataset(records, fmt, d.loss_on)
@@ -59,7 +63,10 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
         labels.use_names(train_records, d.format, names, bool(d.labels), known_from)
     train = formats.to_dataset(train_records, d.format, d.loss_on)
     if d.eval:
-        eval_ds = load_dataset(d.eval, d, label_names=names, known_from=f"the train data ({d.train})")
+        # A recipe's built-in eval set stays when only data.train and data.format are overridden.
+        way_out = (f"; it is data.eval ({recipe.origin('data.eval')}): give data.eval=FILE in the {d.format!r} "
+                   f"format, or data.eval=null to hold out data.eval_fraction ({d.eval_fraction:g}) of the train data")
+        eval_ds = load_dataset(d.eval, d, label_names=names, known_from=f"the train data ({d.train})", way_out=way_out)
     else:
         if not 0 < d.eval_fraction < 1:
             raise UserError(f"{recipe.origin('data.eval_fraction')}: with no data.eval, data.eval_fraction must be "

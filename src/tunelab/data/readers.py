@@ -3,13 +3,19 @@
 JSONL and CSV are read here rather than with `datasets.load_dataset`, because a user's mistake must be
 reported as `file:line`, which the datasets loaders do not tell. Parquet and JSON arrays have no line
 numbers worth giving, so they use the datasets / json readers directly.
+
+Text files are UTF-8, with or without a byte order mark (Excel writes one): `utf-8-sig`. They are decoded
+one line at a time, so a byte that is not UTF-8 (a Latin-1 `é`, say) is reported at its line and column.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,26 +39,71 @@ class Records:
         return f"{self.source}:{line}" if line else f"{self.source} (record {index + 1})"
 
 
+def _not_utf8(path: Path, line: int, raw: bytes, offset: int) -> UserError:
+    """The report of a byte that is not UTF-8: `offset` bytes into `raw`, which is line `line` of `path`."""
+    column = len(raw[:offset].decode("utf-8", errors="replace")) + 1
+    fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[offset]:02x} at column {column}); save it as "
+                     f"UTF-8, e.g. iconv -f latin1 -t utf-8 {shlex.quote(str(path))} > {shlex.quote(str(fixed))} "
+                     f"(if it is Latin-1; Windows-1252 is cp1252)")
+
+
+def _check_not_utf16(path: Path, head: bytes) -> None:
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+        raise UserError(f"{path}:1: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8, e.g. "
+                        f"iconv -f utf-16 -t utf-8 {shlex.quote(str(path))} > {shlex.quote(str(fixed))}")
+
+
+def _text_lines(path: Path):
+    """(line number, text) of each line of a UTF-8 file, its ending kept, a leading BOM dropped.
+
+    Lines are split as text mode with newline="" splits them (at \\n, \\r\\n or a lone \\r): the bytes
+    go through latin-1, which maps each byte to one character and never fails, and each line is encoded
+    back and decoded as UTF-8 on its own. No UTF-8 sequence contains the bytes of \\n or \\r, so a
+    character is never cut in two."""
+    with path.open("rb") as binary:
+        _check_not_utf16(path, binary.peek(2)[:2])
+        for number, line in enumerate(io.TextIOWrapper(binary, encoding="latin-1", newline=""), start=1):
+            raw = line.encode("latin-1")
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, number, raw, e.start) from None
+
+
 def _read_jsonl(path: Path) -> Records:
     rows, lines = [], []
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append(row)
-            lines.append(number)
+    for number, text in _text_lines(path):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+        lines.append(number)
     return Records(rows, str(path), lines)
 
 
 def _read_json(path: Path) -> Records:
+    """A JSON array is read whole; a byte that is not UTF-8 is placed by counting the newlines before it."""
+    data = path.read_bytes()
+    _check_not_utf16(path, data[:2])
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start, line_end = data.rfind(b"\n", 0, e.start) + 1, data.find(b"\n", e.start)
+        raw = data[line_start:line_end if line_end >= 0 else len(data)]
+        raise _not_utf8(path, data.count(b"\n", 0, e.start) + 1, raw, e.start - line_start) from None
+    del data
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -63,15 +114,14 @@ def _read_json(path: Path) -> Records:
 
 
 def _read_csv(path: Path) -> Records:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        rows, lines = [], []
-        for row in reader:
-            if None in row:  # csv puts the fields past the header's under the key None
-                raise UserError(f"{path}:{reader.line_num}: more fields than the header has (quote a field that "
-                                f"contains a comma)")
-            rows.append(dict(row))
-            lines.append(reader.line_num)
+    reader = csv.DictReader(text for _, text in _text_lines(path))
+    rows, lines = [], []
+    for row in reader:
+        if None in row:  # csv puts the fields past the header's under the key None
+            raise UserError(f"{path}:{reader.line_num}: more fields than the header has (quote a field that "
+                            f"contains a comma)")
+        rows.append(dict(row))
+        lines.append(reader.line_num)
     return Records(rows, str(path), lines)
 
 
@@ -88,18 +138,17 @@ def _read_conll(path: Path) -> Records:
             tokens.clear()
             tags.clear()
 
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            columns = text.split()
-            if not columns or columns[0] == "-DOCSTART-":
-                flush()
-                continue
-            if len(columns) < 2:
-                raise UserError(f"{path}:{number}: expected a token and a tag separated by whitespace, got {text.strip()!r}")
-            if not tokens:
-                start = number
-            tokens.append(columns[0])
-            tags.append(columns[-1])
+    for number, text in _text_lines(path):
+        columns = text.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            flush()
+            continue
+        if len(columns) < 2:
+            raise UserError(f"{path}:{number}: expected a token and a tag separated by whitespace, got {text.strip()!r}")
+        if not tokens:
+            start = number
+        tokens.append(columns[0])
+        tags.append(columns[-1])
     flush()
     return Records(rows, str(path), lines, implied_format="tagging")
 
