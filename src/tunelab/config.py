@@ -24,6 +24,11 @@ EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 EMBEDDED_T5 = "embedded:tiny-t5"
 EMBEDDED_CLIP = "embedded:tiny-clip"
+# The metrics each recipe family computes, and those a recipe gets when its eval.metrics is left out.
+FAMILY_METRICS = {"causal_lm": ("perplexity", "accuracy", "rouge"), "encoder": ("accuracy", "f1"),
+                  "seq2seq": ("rouge",), "clip": ("recall", "zero_shot")}
+DEFAULT_METRICS = {"causal_lm": ["perplexity", "accuracy"]}
+TEMPLATE_FILE_SUFFIXES = (".jinja", ".j2")
 # The model a recipe module starts from when the recipe names none.
 DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM, "seq2seq": EMBEDDED_T5,
                   "clip": EMBEDDED_CLIP}
@@ -46,8 +51,8 @@ class ModelConfig:
     quantization: str | None = _f(None, "Load the base weights in 4-bit (bitsandbytes). qlora sets nf4.", (None, "nf4", "fp4"))
     double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA's double quantization).")
     attn_implementation: str = _f("sdpa", "Attention kernel passed to from_pretrained.", ("sdpa", "eager", "flash_attention_2"))
-    chat_template: str | None = _f(None, "None: the tokenizer's own template, ChatML if it has none. 'chatml': force ChatML.",
-                                   (None, "chatml"))
+    chat_template: str | None = _f(None, "None: the tokenizer's own template, ChatML if it has none. 'chatml': force "
+                                   "ChatML. Or a path to a .jinja file holding the template to use.")
     trust_remote_code: bool = _f(False, "Allow code shipped with a hub checkpoint.")
     scratch: dict | None = _f(None, "Pretraining only: build a fresh model instead of loading one, from a transformers "
                               "config (model_type, sizes). A tokenizer of `vocab_size` is trained on the train data "
@@ -114,8 +119,10 @@ class GenerateConfig:
 
 @dataclass
 class EvalConfig:
-    metrics: list[str] = _f(["perplexity", "accuracy"], "perplexity: exp of the token-weighted mean NLL on loss-bearing "
-                            "tokens; accuracy: exact match of the generated reply with the reference reply.")
+    metrics: list[str] | None = _f(None, "Causal LM: perplexity (exp of the token-weighted mean NLL on the tokens "
+                                   "training puts loss on), accuracy (exact match of the generated reply with the "
+                                   "reference), rouge (ROUGE-1/2/L of the generated reply). The other families always "
+                                   "compute all of theirs (FAMILY_METRICS). None: the family's default.")
     max_samples: int | None = _f(200, "Evaluate at most this many records (generation is the slow part).")
     batch_size: int = _f(32, "Eval batch size.")
     rouge_language: str = _f("auto", "seq2seq: ROUGE's language; auto picks zh when the texts contain Chinese.",
@@ -328,9 +335,34 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UserError(f"{path}: missing key 'recipe' (e.g. recipe: causal_lm.sft)")
     if not recipe.data.train:
         raise UserError(f"{path}: missing key 'data.train' (a data file, builtin:NAME or a hub data set)")
+    family = recipe.recipe.partition(".")[0]
     if not recipe.model.name_or_path:
-        recipe.model.name_or_path = DEFAULT_MODELS.get(recipe.recipe.partition(".")[0], EMBEDDED_QWEN2)
+        recipe.model.name_or_path = DEFAULT_MODELS.get(family, EMBEDDED_QWEN2)
+    _check_metrics(recipe, family)
+    _check_chat_template(recipe)
     return recipe
+
+
+def _check_metrics(recipe: Recipe, family: str) -> None:
+    known = FAMILY_METRICS.get(family, ())
+    if recipe.eval.metrics is None:
+        recipe.eval.metrics = list(DEFAULT_METRICS.get(family, known))
+    unknown = [m for m in recipe.eval.metrics if m not in known]
+    if unknown and known:
+        raise UserError(f"{recipe.origin('eval.metrics')}: unknown metric {unknown[0]!r} for a {family} recipe "
+                        f"(have: {', '.join(known)})")
+
+
+def _check_chat_template(recipe: Recipe) -> None:
+    """A template file is named by its absolute path, so the resolved recipe finds it from anywhere."""
+    choice = recipe.model.chat_template
+    if choice in (None, "chatml"):
+        return
+    path = Path(choice).expanduser()
+    if path.suffix not in TEMPLATE_FILE_SUFFIXES or not path.is_file():
+        raise UserError(f"{recipe.origin('model.chat_template')}: model.chat_template = {choice!r}: expected chatml "
+                        f"or an existing {' or '.join(TEMPLATE_FILE_SUFFIXES)} file")
+    recipe.model.chat_template = str(path.resolve())
 
 
 def trainer_args(args_cls: type, recipe: Recipe, defaults: dict, **fixed: Any) -> Any:
@@ -342,21 +374,80 @@ def trainer_args(args_cls: type, recipe: Recipe, defaults: dict, **fixed: Any) -
     names = [f.name for f in dataclasses.fields(args_cls) if f.init]
     check_keys(recipe.train, names, "train", recipe)
     hints = typing.get_type_hints(args_cls)
-    values = dict(defaults)
+    user = {}
     for key, value in recipe.train.items():
         try:
-            values[key] = coerce(value, hints.get(key, Any))
+            user[key] = coerce(value, hints.get(key, Any))
         except TypeError as e:
             raise UserError(f"{recipe.origin('train.' + key)}: train.{key} = {value!r} should be {e}") from None
     for key in fixed:
         if key in recipe.train:
             raise UserError(f"{recipe.origin('train.' + key)}: train.{key} is set by tunelab from elsewhere "
                             f"(output_dir: --output-dir; max_length: data.max_length; loss masking: data.loss_on)")
-    values.update(fixed)
     try:
-        return args_cls(**values)
+        args = args_cls(**{**defaults, **user, **fixed})
     except (ValueError, TypeError) as e:
         raise UserError(f"{recipe.origin('train')}: {args_cls.__name__} rejected the train section: {e}") from None
+    check_steps(args, recipe)
+    problem = optimizer_problem(args)
+    if problem:
+        raise UserError(_blame_optimizer(args_cls, recipe, defaults, user, fixed, problem))
+    return args
+
+
+def check_steps(args: Any, recipe: Recipe) -> None:
+    """The Trainer runs max_steps optimizer steps when it is > 0, else num_train_epochs passes; with
+    neither, it would "train" nothing and still write a run."""
+    if args.max_steps > 0 or args.num_train_epochs > 0:
+        return
+    key = next((k for k in ("num_train_epochs", "max_steps") if k in recipe.train), None)
+    at = recipe.origin(f"train.{key}" if key else "train")
+    raise UserError(f"{at}: nothing to train (train.max_steps = {args.max_steps}, train.num_train_epochs = "
+                    f"{args.num_train_epochs}); set train.max_steps to a number of optimizer steps > 0, or "
+                    f"train.num_train_epochs to a number of passes over the data > 0")
+
+
+# Optimizers built from the model itself (its module names, or the model object): no dummy stands in for it.
+_NEEDS_MODEL = ("galore", "apollo", "lomo")
+
+
+def optimizer_problem(args: Any) -> str | None:
+    """Why the optimizer the Trainer would build from `args` refuses them (a learning rate < 0, a beta
+    outside [0, 1)...), found by building it on one dummy parameter; None if it builds. The Trainer itself
+    would only find out inside train(), after the run directory is staged."""
+    import torch
+    from transformers import Trainer
+
+    optim = getattr(args.optim, "value", args.optim)
+    if any(name in optim for name in _NEEDS_MODEL):
+        return None
+    try:
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    except ImportError as e:
+        return f"optimizer {optim!r} needs a package that is not installed ({e})"
+    except ValueError as e:  # optim_args that do not parse, say
+        return f"optimizer {optim!r} refuses it: {e}"
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)) or \
+            {"params", "model", "optimizer_dict"} & set(kwargs):
+        return None  # a factory (Muon, Dion) or one that takes the model's own parameters
+    try:
+        optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except ValueError as e:
+        return f"the optimizer ({optimizer_cls.__name__}) refuses it: {e}"
+    return None
+
+
+def _blame_optimizer(args_cls: type, recipe: Recipe, defaults: dict, user: dict, fixed: dict, problem: str) -> str:
+    """The message for an optimizer that refuses the train section, at the line of the one `train:` key
+    (if one) without which it would build: each key is dropped in turn, the others kept."""
+    for key in user:
+        try:
+            others = args_cls(**{**defaults, **{k: v for k, v in user.items() if k != key}, **fixed})
+        except (ValueError, TypeError):
+            continue
+        if optimizer_problem(others) is None:
+            return f"{recipe.origin('train.' + key)}: train.{key} = {recipe.train[key]!r}: {problem}"
+    return f"{recipe.origin('train')}: the train section: {problem}"
 
 
 def to_dict(recipe: Recipe) -> dict:
