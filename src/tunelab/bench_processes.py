@@ -150,8 +150,8 @@ def _build_trainer(recipe_path: str, overrides: list[str], trl_default: bool, ma
     else:
         args = causal_lm.build_args(recipe, "sft", output_dir)
     model, tokenizer, splits = causal_lm.model_and_data(recipe, "sft", args.seed)
-    return SFTTrainer(model=model, args=args, train_dataset=splits.train, processing_class=tokenizer,
-                      peft_config=adapters.peft_config(recipe))
+    return SFTTrainer(model=model, args=args, train_dataset=causal_lm.for_trainer(splits.train),
+                      processing_class=tokenizer, peft_config=adapters.peft_config(recipe))
 
 
 def _train_and_measure(trainer, meter: _StepMeter) -> dict:

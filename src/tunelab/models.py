@@ -27,7 +27,7 @@ import transformers
 from filelock import FileLock
 
 from tunelab.config import EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_T5, ModelConfig, Recipe, load_recipe
-from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, ensure_chat_template
+from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, end_of_turn_ids, set_chat_template
 from tunelab.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +173,8 @@ def load_tokenizer(model_cfg: ModelConfig, path: str):
 
 
 def finish_tokenizer(tokenizer, model_cfg: ModelConfig):
-    tokenizer.tunelab_chat_template = ensure_chat_template(tokenizer, force_chatml=model_cfg.chat_template == "chatml")
+    tokenizer.tunelab_chat_template = set_chat_template(tokenizer, model_cfg.chat_template,
+                                                        model_cfg.name_or_path or "built from scratch")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -219,6 +220,16 @@ def load_causal_lm(model_cfg: ModelConfig):
     return model, tokenizer
 
 
+def set_stop_tokens(model, tokenizer) -> None:
+    """Put the template's end-of-turn token into the model's generation_config.eos_token_id, so that
+    transformers' own generate() on the saved or merged model stops where a reply ends."""
+    config = model.generation_config
+    known = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    config.eos_token_id = list(dict.fromkeys([*end_of_turn_ids(tokenizer), *(t for t in known if t is not None)]))
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
 def tokenizer_location(name_or_path: str) -> str:
     """Where from_pretrained finds this model's tokenizer (peft reloads it for text-initialised prompts)."""
     if is_run_dir(name_or_path):
@@ -251,7 +262,10 @@ def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
     """A run's saved PEFT adapter on `base`; with `merge`, folded into its weights (every family's runs)."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base, Path(run_dir) / "adapter")
+    adapter_dir = Path(run_dir) / "adapter"
+    if (adapter_dir / "generation_config.json").is_file():  # the run's stop tokens (set_stop_tokens)
+        base.generation_config = transformers.GenerationConfig.from_pretrained(adapter_dir)
+    model = PeftModel.from_pretrained(base, adapter_dir)
     if merge:
         if method not in ("lora", "qlora"):
             raise UserError(f"{run_dir}: a {method} adapter cannot be merged into the weights; "

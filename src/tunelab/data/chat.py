@@ -1,9 +1,25 @@
-"""Chat templates. ChatML is the fallback when a tokenizer has none (set explicitly, recorded in the run).
+"""Chat templates: which one a run uses, which tokens of a conversation are the assistant's, where a turn ends.
 
-The `{% generation %}` markers let `apply_chat_template(..., return_assistant_tokens_mask=True)` (and so
-TRL's `assistant_only_loss`) mark exactly each assistant reply plus its `<|im_end|>`, which is trained
-so that a fine-tuned model learns to stop.
+A run uses, in this order: `model.chat_template` (`chatml`, or a `.jinja` file), else the tokenizer's own
+template, else ChatML. Training puts loss on the assistant replies with their end-of-turn token, and
+evaluation scores exactly those tokens, whatever the template:
+
+- a template with `{% generation %}` markers (ChatML here, or a user's file) marks the replies itself;
+- a template TRL knows (Qwen2.5, Qwen3, Llama-3, Gemma, Phi-3, ...) is swapped for TRL's training version
+  of it (same text, plus the markers), as TRL's SFTTrainer would do;
+- any other template: each assistant reply's span is found by rendering the conversation one message
+  longer at a time (what the reply adds to the text, end-of-turn token included, trailing whitespace not),
+  which needs a prefix-preserving template (an earlier turn renders the same whatever follows).
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import TemplateError
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+from tunelab.errors import UserError
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 
@@ -19,14 +35,182 @@ CHATML_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+# Rendered to check a template and to find its end-of-turn token: no system turn (Gemma refuses one),
+# strict user/assistant alternation, two replies so that a turn is followed by another.
+PROBE = [{"role": "user", "content": "What is 1 plus 2?"}, {"role": "assistant", "content": "1 plus 2 is 3."},
+         {"role": "user", "content": "And 2 plus 2?"}, {"role": "assistant", "content": "2 plus 2 is 4."}]
 
 
-def ensure_chat_template(tokenizer, force_chatml: bool = False) -> str:
-    """Give the tokenizer a chat template; return which one it uses ('own' or 'chatml')."""
-    if tokenizer.chat_template and not force_chatml:
-        return "own"
+class TemplateNotUsable(Exception):
+    """The template cannot be split into assistant spans; the message says why."""
+
+
+def set_chat_template(tokenizer, choice: str | None, model_name: str) -> str:
+    """Give the tokenizer the template this run trains and evaluates with; return how it was chosen
+    (recorded in metrics.json as `chat_template`)."""
+    if choice == "chatml" or (choice is None and not tokenizer.chat_template):
+        _use_chatml(tokenizer)
+        return "chatml"
+    how = "own"
+    if choice is not None:
+        tokenizer.chat_template = read_template_file(choice)
+        how = f"file {choice}"
+    if isinstance(tokenizer.chat_template, dict):  # named variants: the default one is the chat template
+        tokenizer.chat_template = tokenizer.chat_template["default"]
+    if has_generation_markers(tokenizer.chat_template):
+        return f"{how}, with generation markers"
+    training = _trl_training_template(tokenizer)
+    if training is not None:
+        tokenizer.chat_template = training
+        return f"{how}, TRL's training version"
+    try:
+        conversation_tokens(tokenizer, PROBE)
+    except (TemplateNotUsable, TemplateError) as e:
+        raise UserError(f"model {model_name}: its chat template cannot be used for assistant-only loss ({e}); set "
+                        f"model.chat_template: chatml, or give a template file with {{% generation %}} markers "
+                        f"(model.chat_template: path/to/template.jinja)") from None
+    if reply_end_token(tokenizer) is None:
+        print(f"tunelab: warning: model {model_name}: its chat template ends an assistant reply with no special "
+              f"token, so a model trained on it may not learn to stop")
+    return f"{how}, assistant spans found by rendering"
+
+
+def read_template_file(path: str) -> str:
+    """The template in a file (config.load_recipe checked that it is there)."""
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"model.chat_template = {path!r}: cannot read the template ({e})") from None
+
+
+def _use_chatml(tokenizer) -> None:
     missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     tokenizer.chat_template = CHATML_TEMPLATE
-    return "chatml"
+
+
+def _trl_training_template(tokenizer) -> str | None:
+    """TRL's training version of a template it knows; None for one it does not know. TRL raises a bare
+    ValueError for an unknown template, and may fail rendering its tool-call probe with an odd one."""
+    try:
+        return get_training_chat_template(tokenizer)
+    except (ValueError, TypeError, TemplateError):
+        return None
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def conversation_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) of a conversation: mask is 1 on each assistant reply and its end-of-turn token.
+
+    What a template marks (or renders) around a reply but a model never generates is left out: whitespace
+    before the reply, and what follows its end-of-turn token (Qwen2.5's newline, Phi-3's final eos).
+    """
+    ids, mask = _reply_tokens(tokenizer, messages)
+    return ids, _trim(tokenizer, ids, mask, reply_end_token(tokenizer))
+
+
+def _reply_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) as the template's generation markers or the rendered spans give them."""
+    if has_generation_markers(tokenizer.chat_template):
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    text = render(tokenizer, messages)
+    spans = assistant_spans(tokenizer, messages, text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(start < span_end and end > span_start for span_start, span_end in spans))
+            for start, end in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
+
+
+def _trim(tokenizer, ids: list[int], mask: list[int], turn_end: int | None) -> list[int]:
+    """Each run of masked tokens without its leading whitespace tokens, and cut after its last end-of-turn
+    token (or, without one, without its trailing whitespace tokens)."""
+    mask = list(mask)
+    blank = {}
+
+    def is_blank(i: int) -> bool:
+        if ids[i] not in blank:
+            blank[ids[i]] = not tokenizer.decode([ids[i]]).strip()
+        return blank[ids[i]]
+
+    i = 0
+    while i < len(mask):
+        if not mask[i]:
+            i += 1
+            continue
+        end = i
+        while end < len(mask) and mask[end]:
+            end += 1
+        run = range(i, end)
+        first = next((j for j in run if not is_blank(j)), end)
+        ends = [j for j in run if ids[j] == turn_end]
+        last = ends[-1] if ends else next((j for j in reversed(run) if not is_blank(j)), i - 1)
+        for j in run:
+            mask[j] = int(first <= j <= last)
+        i = end
+    return mask
+
+
+def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Character spans of `text` (the whole conversation rendered) that the assistant replies take.
+
+    A reply starts where the conversation before it, rendered with the generation prompt, ends; it ends
+    where the conversation up to it stops agreeing with the whole (a template may close the very last
+    message differently), less trailing whitespace.
+    """
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = render(tokenizer, messages[:i + 1])
+        if not text.startswith(before):
+            raise TemplateNotUsable("it is not prefix-preserving: the conversation before an assistant reply "
+                                    "renders differently once more messages follow")
+        end = _common_prefix(through, text)
+        reply = text[len(before):end].rstrip()
+        if message["content"].strip() not in reply:
+            raise TemplateNotUsable(f"an assistant reply is not where rendering puts it: {reply!r}")
+        spans.append((len(before), len(before) + len(reply)))
+    return spans
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The tokens that end a reply, for `generate` to stop at: the template's end-of-turn token
+    (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`...) first, then the tokenizer's eos."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    turn_end = reply_end_token(tokenizer)
+    return [turn_end, *ids] if turn_end is not None and turn_end not in ids else ids
+
+
+def reply_end_token(tokenizer) -> int | None:
+    """The last trained token of a reply followed by another turn, if it is a special token (else the
+    template gives a model no token to learn to stop with). Kept on the tokenizer per template."""
+    if not tokenizer.chat_template:
+        return None
+    cached = getattr(tokenizer, "tunelab_reply_end", None)
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    try:
+        tokens, mask = _reply_tokens(tokenizer, PROBE[:3])
+    except (TemplateNotUsable, TemplateError):
+        return None
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    trained = [t for t, m in zip(tokens, mask) if m and tokenizer.decode([t]).strip()]
+    found = trained[-1] if trained and trained[-1] in special else None
+    tokenizer.tunelab_reply_end = (tokenizer.chat_template, found)
+    return found

@@ -11,18 +11,20 @@ import math
 
 import torch
 
+from tunelab.data.chat import conversation_tokens
 
-def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[int]]:
+
+def loss_tokens(tokenizer, row: dict, max_length: int, loss_on: str = "assistant") -> tuple[list[int], list[int]]:
     """(input_ids, mask) of one converted record; mask is 1 where the token carries loss.
 
-    messages: the assistant replies with their end-of-turn token (the template's generation markers);
-    prompt/completion and preference (prompt + chosen): the completion and what the template closes it with;
-    text: every token, with the end-of-sequence token appended as TRL does.
+    messages: the assistant replies with their end-of-turn token (data.chat.conversation_tokens), or every
+    token with loss_on=all; prompt/completion and preference (prompt + chosen): the completion and what the
+    template closes it with; text: every token, with the end-of-sequence token appended as TRL does.
     """
     if "messages" in row:
-        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids, mask = out["input_ids"], out["assistant_masks"]
+        ids, mask = conversation_tokens(tokenizer, row["messages"])
+        if loss_on == "all":
+            mask = [1] * len(ids)
     elif "text" in row:
         ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         mask = [1] * len(ids)
@@ -32,8 +34,9 @@ def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[
             prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
                                                        return_dict=True)["input_ids"]
             # As TRL does, the completion is everything the template adds after the prompt (with ChatML
-            # that includes the newline after <|im_end|>).
+            # that includes the newline after <|im_end|>), from where the two token lists part.
             ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+            prompt_ids = prompt_ids[:_common_prefix_length(prompt_ids, ids)]
         else:
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -41,12 +44,17 @@ def loss_tokens(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[
     return list(ids[:max_length]), list(mask[:max_length])
 
 
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 @torch.no_grad()
-def perplexity(model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> dict:
+def perplexity(model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32,
+               loss_on: str = "assistant") -> dict:
     """{'eval_loss', 'perplexity', 'eval_tokens'} over the loss-bearing tokens of `rows`."""
     model.eval()
     device = next(model.parameters()).device
-    encoded = sorted((loss_tokens(tokenizer, r, max_length) for r in rows), key=lambda e: len(e[0]))
+    encoded = sorted((loss_tokens(tokenizer, r, max_length, loss_on) for r in rows), key=lambda e: len(e[0]))
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start:start + batch_size]

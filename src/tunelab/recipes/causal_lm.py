@@ -11,15 +11,18 @@ import time
 from pathlib import Path
 
 import transformers
+from jinja2 import TemplateError
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tunelab import adapters, models, rundir
 from tunelab.config import Recipe, to_dict, trainer_args
+from tunelab.data.chat import render
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
+from tunelab.errors import UserError
 from tunelab.evaluation.causal_lm import evaluate
 from tunelab.evaluation.generation import check_generate
 from tunelab.evaluation.perplexity import loss_tokens
-from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
+from tunelab.models import base_model_of, load_run, set_stop_tokens  # noqa: F401  (this family's run loaders)
 
 FORMATS = {
     "pretrain": ("text",),
@@ -36,6 +39,8 @@ _NO_LIMIT = 10**9
 
 def _record_length(tokenizer, row: dict) -> int:
     """Untruncated token count, so overlong records can be counted (or dropped) before TRL truncates them."""
+    if "input_ids" in row:
+        return len(row["input_ids"])
     if "rejected" in row:  # a preference pair is as long as its longer side
         return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
                    for k in ("chosen", "rejected"))
@@ -43,12 +48,38 @@ def _record_length(tokenizer, row: dict) -> int:
 
 
 def _sft_loss_args(recipe: Recipe) -> dict:
-    """Which tokens carry loss. last_assistant turned messages into prompt/completion (data.formats)."""
+    """Which tokens carry loss. Conversations come tokenized with their masks (tokenize_conversations);
+    last_assistant turned messages into prompt/completion (data.formats), whose completion TRL trains."""
     if recipe.data.loss_on == "all":
-        return {"assistant_only_loss": False, "completion_only_loss": False}
-    if recipe.data.format in ("messages", "alpaca", "sharegpt") and recipe.data.loss_on == "assistant":
-        return {"assistant_only_loss": True}
-    return {}  # prompt/completion: TRL trains the completion only; text: every token
+        return {"completion_only_loss": False}
+    return {}
+
+
+def tokenize_conversations(ds, tokenizer, loss_on: str, source: str, model_name: str):
+    """Add input_ids and assistant_masks to conversation records, with data.chat's masks (the same that
+    evaluation scores). TRL's SFTTrainer builds its labels from a tokenized data set's assistant_masks; left
+    to itself it would need a template TRL knows or one with {% generation %} markers."""
+    if "messages" not in ds.column_names:
+        return ds
+
+    def tokenize(row, index):
+        where = f"{source} (record {index + 1})"
+        try:
+            ids, mask = loss_tokens(tokenizer, row, _NO_LIMIT, loss_on)
+        except TemplateError as e:
+            raise UserError(f"{where}: the chat template of {model_name} cannot render this conversation: {e}") from None
+        tools = [m["content"] for m in row["messages"] if m["role"] == "tool"]
+        if tools and not all(t in render(tokenizer, row["messages"]) for t in tools):
+            raise UserError(f"{where}: the chat template of {model_name} leaves tool messages out; use a template "
+                            f"that renders role 'tool' (model.chat_template: chatml, or a .jinja file)")
+        return {"input_ids": ids, "assistant_masks": mask}
+
+    return ds.map(tokenize, with_indices=True)
+
+
+def for_trainer(ds):
+    """What the trainer gets: the tokens and masks of tokenized conversations, other records as they are."""
+    return ds.select_columns(["input_ids", "assistant_masks"]) if "input_ids" in ds.column_names else ds
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -76,6 +107,9 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
     adapters.check_model_fits(recipe, model)
     for name in ("train", "eval"):
         ds = getattr(splits, name)
+        if stage == "sft":
+            ds = tokenize_conversations(ds, tokenizer, recipe.data.loss_on, getattr(recipe.data, name) or recipe.data.train,
+                                        recipe.model.name_or_path)
         lengths = [_record_length(tokenizer, row) for row in ds]
         setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
     return model, tokenizer, splits
@@ -96,7 +130,9 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     peft_config = adapters.peft_config(recipe)
     trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainer
     eval_dataset = splits.eval if args.eval_strategy != "no" else None
-    trainer = trainer_cls(model=model, args=args, train_dataset=splits.train, eval_dataset=eval_dataset,
+    set_stop_tokens(model, tokenizer)
+    trainer = trainer_cls(model=model, args=args, train_dataset=for_trainer(splits.train),
+                          eval_dataset=for_trainer(eval_dataset) if eval_dataset is not None else None,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     checkpoint = rundir.last_checkpoint(staging) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -107,6 +143,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
     trainer.save_model(str(saved))
     tokenizer.save_pretrained(str(saved))
+    trainer.model.generation_config.save_pretrained(str(saved))  # an adapter's too, so its end of turn is kept
     scores = {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
               **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}}
     metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started,
