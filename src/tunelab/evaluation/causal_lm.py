@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from tunelab.config import Recipe
-from tunelab.errors import UserError
-from tunelab.evaluation.generation import accuracy
+from tunelab.evaluation.generation import reply_scores
 from tunelab.evaluation.perplexity import perplexity
 
-METRICS = ("perplexity", "accuracy")
+METRICS = ("perplexity", "accuracy", "rouge")
+REPLY_METRICS = ("accuracy", "rouge")  # scored on generated replies
 
 
 def evaluate(model, tokenizer, recipe: Recipe, rows: list[dict]) -> dict:
-    unknown = [m for m in recipe.eval.metrics if m not in METRICS]
-    if unknown:
-        raise UserError(f"{recipe.origin('eval.metrics')}: unknown metric {unknown[0]!r} (have: {', '.join(METRICS)})")
     if recipe.eval.max_samples is not None:
         rows = rows[:recipe.eval.max_samples]
     out: dict = {}
     if "perplexity" in recipe.eval.metrics:
-        out.update(perplexity(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size))
-    if "accuracy" in recipe.eval.metrics:
-        out.update(accuracy(model, tokenizer, rows, recipe.eval.generate, recipe.eval.batch_size))
+        out.update(perplexity(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size,
+                              recipe.data.loss_on))
+    if any(m in recipe.eval.metrics for m in REPLY_METRICS):
+        out.update(reply_scores(model, tokenizer, rows, recipe.eval.generate, recipe.eval.metrics,
+                                recipe.eval.batch_size, recipe.eval.rouge_language, recipe.eval.rouge_tokenizer))
     return out

@@ -1,10 +1,12 @@
-"""Generation with the model's chat template, and exact-match accuracy of generated replies."""
+"""Generation with the model's chat template, stopping where the template ends a turn; exact-match accuracy
+and ROUGE of the generated replies."""
 
 from __future__ import annotations
 
 import torch
 
 from tunelab.config import GenerateConfig
+from tunelab.data.chat import end_of_turn_ids
 from tunelab.data.formats import prompt_and_reference
 from tunelab.errors import UserError
 
@@ -25,8 +27,10 @@ def check_generate(g: GenerateConfig) -> None:
 
 
 def generation_kwargs(g: GenerateConfig, tokenizer) -> dict:
+    """Stop at the template's end of turn as well as at eos: a model whose pad token is its eos, or whose
+    template ends turns with another token than eos (Llama-3's <|eot_id|>), stops where its reply ends."""
     kwargs = {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams, "do_sample": g.do_sample,
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": end_of_turn_ids(tokenizer)}
     if g.num_beams > 1:
         kwargs["length_penalty"] = g.length_penalty
     if g.no_repeat_ngram_size:
@@ -59,13 +63,23 @@ def generate(model, tokenizer, prompts: list, g: GenerateConfig, batch_size: int
     return replies
 
 
-def accuracy(model, tokenizer, rows: list[dict], g: GenerateConfig, batch_size: int = 32) -> dict:
-    """Exact match (after stripping spaces) of the generated reply with the reference reply."""
+def reply_scores(model, tokenizer, rows: list[dict], g: GenerateConfig, metrics: list[str], batch_size: int = 32,
+                 rouge_language: str = "auto", rouge_tokenizer: str = "char") -> dict:
+    """Generate a reply to each record's prompt once; score it against the reference reply by exact match
+    (after stripping spaces) and/or ROUGE (Chinese by characters or jieba words), as `metrics` asks."""
     pairs = [p for p in (prompt_and_reference(r) for r in rows) if p is not None]
     if not pairs:
         return {}
     replies = generate(model, tokenizer, [p for p, _ in pairs], g, batch_size)
-    hits = [reply == reference.strip() for reply, (_, reference) in zip(replies, pairs)]
-    samples = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "reference": ref, "generated": reply}
-               for reply, (p, ref) in list(zip(replies, pairs))[:5]]
-    return {"accuracy": sum(hits) / len(hits), "accuracy_n": len(hits), "samples": samples}
+    references = [reference.strip() for _, reference in pairs]
+    out: dict = {}
+    if "accuracy" in metrics:
+        hits = [reply == reference for reply, reference in zip(replies, references)]
+        out.update(accuracy=sum(hits) / len(hits), accuracy_n=len(hits))
+    if "rouge" in metrics:
+        from tunelab.evaluation.rouge import rouge
+
+        out.update(rouge(replies, references, rouge_language, rouge_tokenizer), rouge_n=len(replies))
+    out["samples"] = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "reference": ref, "generated": reply}
+                      for reply, (p, ref) in list(zip(replies, pairs))[:5]]
+    return out
