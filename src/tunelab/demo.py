@@ -45,12 +45,13 @@ def run_demo(out: Path) -> None:
     print(f"\nPretraining: corpus perplexity {pretrain['eval']['perplexity']:.3f} on held-out text, "
           f"{pretrain['total_params']:,} parameters, {pretrain['train']['steps']} steps")
     print(f"\nHeld-out questions ({SFT_EVAL}, facts no SFT or DPO example asked about):\n")
-    header = f"{'model':<20}{'perplexity':>12}{'accuracy':>10}{'DPO reward acc':>16}{'DPO margin':>12}"
+    header = f"{'model':<20}{'perplexity':>12}{'accuracy':>10}{'ROUGE-L':>9}{'DPO reward acc':>16}{'DPO margin':>12}"
     print(header + "\n" + "-" * len(header))
     for name, m, dpo_eval in rows:
         reward_acc = f"{dpo_eval['rewards/accuracies']:.3f}" if dpo_eval else "-"
         margin = f"{dpo_eval['rewards/margins']:.3f}" if dpo_eval else "-"
-        print(f"{name:<20}{m['perplexity']:>12.3f}{m['accuracy']:>10.3f}{reward_acc:>16}{margin:>12}")
+        print(f"{name:<20}{m['perplexity']:>12.3f}{m['accuracy']:>10.3f}{m['rougeL']:>9.3f}{reward_acc:>16}{margin:>12}")
     print(f"\nperplexity: over the assistant replies (and their end token); accuracy: exact match of the greedy "
-          f"reply.\nDPO reward accuracy / margin: on held-out preference pairs (chosen = right sum, rejected = "
-          f"off by one).\nRuns: {sft}, {dpo}.  Demo time {time.time() - started:.0f} s.")
+          f"reply;\nROUGE-L: of the greedy reply against the reference. DPO reward accuracy / margin: on held-out "
+          f"preference pairs\n(chosen = right sum, rejected = off by one).\nRuns: {sft}, {dpo}.  "
+          f"Demo time {time.time() - started:.0f} s.")

@@ -1,12 +1,14 @@
 """Chat templates: which one a run uses, which tokens of a conversation are the assistant's, where a turn ends.
 
-A run uses, in this order: `model.chat_template` (`chatml`, or a `.jinja` file), else the tokenizer's own
-template, else ChatML. Training puts loss on the assistant replies with their end-of-turn token, and
-evaluation scores exactly those tokens, whatever the template:
+A run uses, in this order: `model.chat_template` (`chatml`, a model's template TRL keeps a copy of, such as
+`qwen2_5` or `llama3`, or a `.jinja` file), else the tokenizer's own template, else ChatML. The tokenizer
+keeps that template as it is (it is what a saved run's tokenizer carries and what generation renders).
+Training puts loss on the assistant replies with their end-of-turn token, and evaluation scores exactly
+those tokens, whatever the template:
 
 - a template with `{% generation %}` markers (ChatML here, or a user's file) marks the replies itself;
-- a template TRL knows (Qwen2.5, Qwen3, Llama-3, Gemma, Phi-3, ...) is swapped for TRL's training version
-  of it (same text, plus the markers), as TRL's SFTTrainer would do;
+- for a template TRL knows (Qwen2.5, Qwen3, Llama-3, Gemma, Phi-3, ...) the markers come from TRL's
+  training version of it (the same text, plus the markers), as TRL's SFTTrainer would use;
 - any other template: each assistant reply's span is found by rendering the conversation one message
   longer at a time (what the reply adds to the text, end-of-turn token included, trailing whitespace not),
   which needs a prefix-preserving template (an earlier turn renders the same whatever follows).
@@ -19,6 +21,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+from tunelab.config import trl_template_path
 from tunelab.errors import UserError
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -46,23 +49,22 @@ class TemplateNotUsable(Exception):
 
 
 def set_chat_template(tokenizer, choice: str | None, model_name: str) -> str:
-    """Give the tokenizer the template this run trains and evaluates with; return how it was chosen
-    (recorded in metrics.json as `chat_template`)."""
+    """Give the tokenizer the template this run trains and evaluates with, check that its replies can be
+    found, and return how it was chosen (recorded in metrics.json as `chat_template`)."""
     if choice == "chatml" or (choice is None and not tokenizer.chat_template):
         _use_chatml(tokenizer)
         return "chatml"
     how = "own"
     if choice is not None:
-        tokenizer.chat_template = read_template_file(choice)
-        how = f"file {choice}"
+        named = trl_template_path(choice)
+        tokenizer.chat_template = read_template_file(str(named or choice))
+        how = f"{choice} (TRL's copy)" if named else f"file {choice}"
     if isinstance(tokenizer.chat_template, dict):  # named variants: the default one is the chat template
         tokenizer.chat_template = tokenizer.chat_template["default"]
     if has_generation_markers(tokenizer.chat_template):
         return f"{how}, with generation markers"
-    training = _trl_training_template(tokenizer)
-    if training is not None:
-        tokenizer.chat_template = training
-        return f"{how}, TRL's training version"
+    if training_template(tokenizer) is not None:
+        return f"{how}, marked as TRL's training version of it"
     try:
         conversation_tokens(tokenizer, PROBE)
     except (TemplateNotUsable, TemplateError) as e:
@@ -90,13 +92,21 @@ def _use_chatml(tokenizer) -> None:
     tokenizer.chat_template = CHATML_TEMPLATE
 
 
-def _trl_training_template(tokenizer) -> str | None:
-    """TRL's training version of a template it knows; None for one it does not know. TRL raises a bare
-    ValueError for an unknown template, and may fail rendering its tool-call probe with an odd one."""
-    try:
-        return get_training_chat_template(tokenizer)
-    except (ValueError, TypeError, TemplateError):
-        return None
+def training_template(tokenizer) -> str | None:
+    """The template whose generation markers give a reply's tokens: the tokenizer's own if it has them, TRL's
+    training version of one TRL knows; None for any other (its replies are found by rendering). Kept on the
+    tokenizer per template."""
+    template = tokenizer.chat_template
+    if has_generation_markers(template):
+        return template
+    cached = getattr(tokenizer, "tunelab_training_template", None)
+    if cached is None or cached[0] != template:
+        try:
+            found = get_training_chat_template(tokenizer)
+        except (ValueError, TypeError, TemplateError):  # TRL's bare ValueError: a template it does not know
+            found = None
+        tokenizer.tunelab_training_template = cached = (template, found)
+    return cached[1]
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -114,9 +124,10 @@ def conversation_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], lis
 
 
 def _reply_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(input_ids, mask) as the template's generation markers or the rendered spans give them."""
-    if has_generation_markers(tokenizer.chat_template):
-        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+    """(input_ids, mask) as the (training) template's generation markers or the rendered spans give them."""
+    marked = training_template(tokenizer)
+    if marked is not None:
+        out = tokenizer.apply_chat_template(messages, chat_template=marked, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
     text = render(tokenizer, messages)
