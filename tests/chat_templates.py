@@ -72,6 +72,12 @@ def tiny_copy(model_dir: Path, name: str, out: Path) -> Path:
         tokenizer.add_special_tokens({"bos_token": bos})
     tokenizer.chat_template = template
     model.resize_token_embeddings(len(tokenizer))
+    # A real checkpoint has trained its template's tokens; the copy's start as the tiny default's own ChatML
+    # tokens did (a LoRA run cannot train an embedding row, so an untrained one would never be predicted).
+    embeddings = model.get_input_embeddings().weight.data
+    for token in [*specials, *([bos] if bos else [])]:
+        like = "<|im_end|>" if token == TEMPLATES[name][3] else "<|im_start|>"
+        embeddings[tokenizer.convert_tokens_to_ids(token)] = embeddings[tokenizer.convert_tokens_to_ids(like)]
     model.config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -89,3 +89,18 @@ def test_every_shipped_recipe_validates(capsys):
     assert any("clip-vit-base-patch32" in p.name for p in recipes)
     for path in recipes:
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_finished_runs_recipe_is_not_held_to_checks_added_since(tmp_path):
+    """Runs of every family once recorded eval.metrics [perplexity, accuracy]; they must still load."""
+    import yaml
+
+    from tunelab.config import load_recipe
+    from tunelab.errors import UserError
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "seq2seq.text2text", "data": {"train": "builtin:x"},
+                                    "eval": {"metrics": ["perplexity", "accuracy"]}}))
+    assert load_recipe(path, finished_run=True).eval.metrics == ["perplexity", "accuracy"]
+    with pytest.raises(UserError, match=r"unknown metric 'perplexity' for a seq2seq recipe \(have: rouge\)"):
+        load_recipe(path)

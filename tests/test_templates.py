@@ -55,7 +55,7 @@ def test_trained_tokens_are_the_replies_and_evaluation_scores_them(copies, tmp_p
     model, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies[name])))
     messages = conversation(name, language)
     ds = tokenize_conversations(datasets.Dataset.from_list([{"messages": messages}]), tokenizer, "assistant",
-                                "test", name)
+                                ["test:1"], name)
     labels = trl_labels(model, tokenizer, for_trainer(ds), tmp_path)
 
     turn_end = TEMPLATES[name][3]
@@ -136,24 +136,36 @@ def test_tool_messages_need_a_template_that_renders_them(copies):
                 {"role": "tool", "content": "sunny, 21 C"}, {"role": "assistant", "content": "Sunny, 21 C."}]
     ds = datasets.Dataset.from_list([{"messages": messages}])
     _, chatml = models.load_causal_lm(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
-    row = tokenize_conversations(ds, chatml, "assistant", "chat.jsonl", "smollm2")[0]
+    row = tokenize_conversations(ds, chatml, "assistant", ["chat.jsonl:1"], "smollm2")[0]
     ids, mask = row["input_ids"], row["assistant_masks"]
     assert "sunny, 21 C" in chatml.decode(ids)
     assert chatml.decode([i for i, m in zip(ids, mask) if m]) == "Calling it.<|im_end|>Sunny, 21 C.<|im_end|>"
     _, phi3 = models.load_causal_lm(ModelConfig(name_or_path=str(copies["phi3"])))
-    with pytest.raises(UserError, match=r"chat\.jsonl \(record 1\): the chat template of phi3 leaves tool messages "
+    with pytest.raises(UserError, match=r"chat\.jsonl:1: the chat template of phi3 leaves tool messages "
                                         r"out"):
-        tokenize_conversations(ds, phi3, "assistant", "chat.jsonl", "phi3")
+        tokenize_conversations(ds, phi3, "assistant", ["chat.jsonl:1"], "phi3")
 
 
 NOT_PREFIX_PRESERVING = ("{{ messages | length }} messages\n{% for m in messages %}{{ m['role'] + ': ' + m['content'] "
                          "+ eos_token + '\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
 
 
+# Mistral-v0.3's habit: the system prompt goes into the last user message, so an earlier turn renders
+# differently once a later one follows; only a conversation with a system turn shows it.
+SYSTEM_IN_LAST_USER = (
+    "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+    "{%- set ns = namespace(last=0) %}{%- for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{%- for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + (system + '\n\n' if loop.index0 == ns.last "
+    "and system else '') + m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}"
+    "{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
 @pytest.mark.unit
-def test_a_template_that_cannot_be_split_is_one_error_line(copies, tmp_path, capsys):
+@pytest.mark.parametrize("template", [NOT_PREFIX_PRESERVING, SYSTEM_IN_LAST_USER], ids=["counting", "mistral-like"])
+def test_a_template_that_cannot_be_split_is_one_error_line(copies, tmp_path, capsys, template):
     path = tmp_path / "counting.jinja"
-    path.write_text(NOT_PREFIX_PRESERVING, encoding="utf-8")
+    path.write_text(template, encoding="utf-8")
     out = tmp_path / "run"
     assert_user_error(capsys, r"model .*unseen.*not prefix-preserving.*model\.chat_template: chatml",
                       "train", SFT, f"model.name_or_path={copies['unseen']}", f"model.chat_template={path}",
@@ -189,3 +201,63 @@ def test_sft_run_on_each_template_evaluates(copies, tmp_path, capsys, name):
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["eval"]["perplexity"]) and metrics["eval"]["eval_tokens"] > 0
+
+
+@pytest.mark.recipe
+@pytest.mark.parametrize("name", ["llama3", "smollm2-chatml", "unseen"])
+def test_dpo_generate_and_merge_on_a_template(copies, tmp_path, capsys, name):
+    """The other stages on a template TRL knows and on two it does not."""
+    dpo, merged = tmp_path / "dpo", tmp_path / "merged"
+    code, _, err = run_cli(capsys, "train", RECIPES / "dpo_lora.yaml", f"model.name_or_path={copies[name]}",
+                           "train.max_steps=2", "eval.max_samples=4", "eval.generate.max_new_tokens=4",
+                           "--output-dir", dpo)
+    assert code == 0, err
+    metrics = json.loads((dpo / "metrics.json").read_text())["eval"]
+    assert math.isfinite(metrics["perplexity"]) and math.isfinite(metrics["rewards/margins"])
+    code, out, err = run_cli(capsys, "generate", dpo, "--prompt", "What is 2 plus 3?", "--max-new-tokens", "6")
+    assert code == 0 and out.strip(), err
+    code, _, err = run_cli(capsys, "merge", dpo, merged)
+    assert code == 0, err
+    saved = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
+    assert saved[0] == models.load_run(dpo)[1].convert_tokens_to_ids(TEMPLATES[name][3])
+
+
+@pytest.mark.unit
+def test_a_thinking_models_reasoning_block_is_not_scored():
+    from tunelab.evaluation.generation import answer_of
+
+    assert answer_of("<think>\n\n</think>\n\n1 plus 2 is 3.") == "1 plus 2 is 3."
+    assert answer_of("<think>3 it is</think>1 plus 2 is 3.") == "1 plus 2 is 3."
+    assert answer_of("1 plus 2 is 3. </think> 4") == "1 plus 2 is 3. </think> 4"  # no block opened first
+
+
+@pytest.mark.unit
+def test_a_conversation_that_opens_with_a_reply_trains_the_reply_only(copies):
+    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
+    messages = [{"role": "assistant", "content": "Hello, how can I help?"}, *ENGLISH[1:3]]
+    ids, mask = loss_tokens(tokenizer, {"messages": messages}, max_length=512)
+    assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == \
+        "Hello, how can I help?<|im_end|>1 plus 2 is 3.<|im_end|>"
+
+
+@pytest.mark.unit
+def test_loss_on_all_scores_every_token_of_a_prompt_completion_record(copies):
+    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["qwen2.5"])))
+    row = {"prompt": ENGLISH[:2], "completion": ENGLISH[2:3]}
+    assert 0 in loss_tokens(tokenizer, row, 512)[1]
+    assert set(loss_tokens(tokenizer, row, 512, loss_on="all")[1]) == {1}
+
+
+@pytest.mark.recipe
+def test_a_run_outlives_its_template_file(copies, tmp_path, capsys):
+    """The run's saved tokenizer carries the template: eval, --baseline and generate work once the file is gone."""
+    path, out = tmp_path / "mine.jinja", tmp_path / "run"
+    path.write_text(TEMPLATES["unseen"][0], encoding="utf-8")
+    code, _, err = run_cli(capsys, "train", SFT, f"model.name_or_path={copies['unseen']}", f"model.chat_template={path}",
+                           "train.max_steps=2", "eval.max_samples=2", "eval.generate.max_new_tokens=4", "--output-dir", out)
+    assert code == 0, err
+    path.unlink()
+    code, _, err = run_cli(capsys, "eval", out, "--baseline", "--max-samples", "2")
+    assert code == 0, err
+    base, tokenizer = models.base_model_of(out)
+    assert tokenizer.chat_template == TEMPLATES["unseen"][0]

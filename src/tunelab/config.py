@@ -324,8 +324,10 @@ def build_section(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
     return cls(**kwargs)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe file, apply `key.sub=value` overrides, and check every field."""
+def load_recipe(path: str | Path, overrides: list[str] = (), finished_run: bool = False) -> Recipe:
+    """Read a recipe file, apply `key.sub=value` overrides, and check every field. A finished run's resolved
+    recipe.yaml was checked when it ran: its metric names and template file are not checked again (a run
+    written before a check existed, or moved away from its template file, still loads)."""
     data, origins = read_yaml(Path(path))
     for text in overrides:
         apply_override(data, origins, text)
@@ -339,15 +341,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     family = recipe.recipe.partition(".")[0]
     if not recipe.model.name_or_path:
         recipe.model.name_or_path = DEFAULT_MODELS.get(family, EMBEDDED_QWEN2)
-    _check_metrics(recipe, family)
-    _check_chat_template(recipe)
-    return recipe
-
-
-def _check_metrics(recipe: Recipe, family: str) -> None:
     known = FAMILY_METRICS.get(family, ())
     if recipe.eval.metrics is None:
         recipe.eval.metrics = list(DEFAULT_METRICS.get(family, known))
+    if not finished_run:
+        _check_metrics(recipe, family, known)
+        _check_chat_template(recipe)
+    return recipe
+
+
+def _check_metrics(recipe: Recipe, family: str, known: tuple[str, ...]) -> None:
     unknown = [m for m in recipe.eval.metrics if m not in known]
     if unknown and known:
         raise UserError(f"{recipe.origin('eval.metrics')}: unknown metric {unknown[0]!r} for a {family} recipe "

@@ -173,8 +173,7 @@ def load_tokenizer(model_cfg: ModelConfig, path: str):
 
 
 def finish_tokenizer(tokenizer, model_cfg: ModelConfig):
-    tokenizer.tunelab_chat_template = set_chat_template(tokenizer, model_cfg.chat_template,
-                                                        model_cfg.name_or_path or "built from scratch")
+    tokenizer.tunelab_chat_template = set_chat_template(tokenizer, model_cfg.chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -239,7 +238,7 @@ def tokenizer_location(name_or_path: str) -> str:
 
 
 def run_recipe(run_dir: str | Path) -> Recipe:
-    return load_recipe(Path(run_dir) / "recipe.yaml")
+    return load_recipe(Path(run_dir) / "recipe.yaml", finished_run=True)
 
 
 def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
@@ -252,7 +251,7 @@ def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None 
     if quantization and not recipe.model.quantization:
         raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
                         f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
-    base_cfg = recipe.model if not merge else ModelConfig(**{**vars(recipe.model), "quantization": None})
+    base_cfg = _base_config(recipe.model, **({"quantization": None} if merge else {}))
     base, _ = load_causal_lm(base_cfg)
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
     return attach_adapter(base, run_dir, recipe.adapter.method, merge), tokenizer
@@ -274,7 +273,18 @@ def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
     return model
 
 
+def _base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
+    """A finished run's base model section. A template named by a file (or by TRL's copy) is not read
+    again: the run's saved tokenizer carries it, and the file may be gone or the run moved."""
+    if model_cfg.chat_template not in (None, "chatml"):
+        changes["chat_template"] = None
+    return ModelConfig(**{**vars(model_cfg), **changes})
+
+
 def base_model_of(run_dir: str | Path):
-    """(model, tokenizer) the run started from, for --baseline comparisons."""
+    """(model, tokenizer) the run started from, for --baseline comparisons, with the run's chat template."""
     recipe = run_recipe(run_dir)
-    return load_causal_lm(recipe.model)
+    model, tokenizer = load_causal_lm(_base_config(recipe.model))
+    saved = Path(run_dir) / ("model" if (Path(run_dir) / "model").is_dir() else "adapter")
+    tokenizer.chat_template = transformers.AutoTokenizer.from_pretrained(saved).chat_template
+    return model, tokenizer

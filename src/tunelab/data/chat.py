@@ -44,13 +44,18 @@ PROBE = [{"role": "user", "content": "What is 1 plus 2?"}, {"role": "assistant",
          {"role": "user", "content": "And 2 plus 2?"}, {"role": "assistant", "content": "2 plus 2 is 4."}]
 
 
-class TemplateNotUsable(Exception):
-    """The template cannot be split into assistant spans; the message says why."""
+class TemplateNotUsable(UserError):
+    """The template's assistant replies cannot be found by rendering; the message says why and what to do."""
+
+    def __init__(self, why: str):
+        super().__init__(f"its chat template cannot be used for assistant-only loss ({why}); set "
+                         f"model.chat_template: chatml, or give a template file with {{% generation %}} markers "
+                         f"(model.chat_template: path/to/template.jinja)")
 
 
-def set_chat_template(tokenizer, choice: str | None, model_name: str) -> str:
-    """Give the tokenizer the template this run trains and evaluates with, check that its replies can be
-    found, and return how it was chosen (recorded in metrics.json as `chat_template`)."""
+def set_chat_template(tokenizer, choice: str | None) -> str:
+    """Give the tokenizer the template this run uses; return how it was chosen (recorded in metrics.json as
+    `chat_template`). Whether its replies can be found is checked where that matters (check_replies)."""
     if choice == "chatml" or (choice is None and not tokenizer.chat_template):
         _use_chatml(tokenizer)
         return "chatml"
@@ -65,16 +70,25 @@ def set_chat_template(tokenizer, choice: str | None, model_name: str) -> str:
         return f"{how}, with generation markers"
     if training_template(tokenizer) is not None:
         return f"{how}, marked as TRL's training version of it"
-    try:
-        conversation_tokens(tokenizer, PROBE)
-    except (TemplateNotUsable, TemplateError) as e:
-        raise UserError(f"model {model_name}: its chat template cannot be used for assistant-only loss ({e}); set "
-                        f"model.chat_template: chatml, or give a template file with {{% generation %}} markers "
-                        f"(model.chat_template: path/to/template.jinja)") from None
+    return f"{how}, assistant spans found by rendering"
+
+
+def check_replies(tokenizer, model_name: str) -> None:
+    """Before assistant-only training: the replies of a probe conversation (with a system turn too, where the
+    template takes one) can be found; warn when they end on no special token (nothing to learn to stop with)."""
+    with_system = [{"role": "system", "content": "Be brief."}, *PROBE]
+    for probe in (PROBE, with_system):
+        try:
+            conversation_tokens(tokenizer, probe)
+        except TemplateNotUsable as e:
+            raise UserError(f"model {model_name}: {e}") from None
+        except TemplateError:  # a template that refuses a system turn (Gemma's) is not at fault
+            if probe is PROBE:
+                raise UserError(f"model {model_name}: its chat template cannot render a user/assistant "
+                                f"conversation; set model.chat_template: chatml or give a .jinja file") from None
     if reply_end_token(tokenizer) is None:
         print(f"tunelab: warning: model {model_name}: its chat template ends an assistant reply with no special "
               f"token, so a model trained on it may not learn to stop")
-    return f"{how}, assistant spans found by rendering"
 
 
 def read_template_file(path: str) -> str:
@@ -178,16 +192,19 @@ def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[in
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         through = render(tokenizer, messages[:i + 1])
-        if not text.startswith(before):
-            raise TemplateNotUsable("it is not prefix-preserving: the conversation before an assistant reply "
-                                    "renders differently once more messages follow")
-        end = _common_prefix(through, text)
-        reply = text[len(before):end].rstrip()
+        if i:
+            before = render(tokenizer, messages[:i], add_generation_prompt=True)
+            if not text.startswith(before):
+                raise TemplateNotUsable("it is not prefix-preserving: the conversation before an assistant "
+                                        "reply renders differently once more messages follow")
+            start = len(before)
+        else:  # a conversation that opens with a reply: it starts where its text does, after any preamble
+            start = max(through.find(message["content"].strip()), 0)
+        reply = text[start:_common_prefix(through, text)].rstrip()
         if message["content"].strip() not in reply:
             raise TemplateNotUsable(f"an assistant reply is not where rendering puts it: {reply!r}")
-        spans.append((len(before), len(before) + len(reply)))
+        spans.append((start, start + len(reply)))
     return spans
 
 

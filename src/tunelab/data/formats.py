@@ -120,6 +120,8 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
                 if not isinstance(row[key], str) or not row[key].strip():
                     raise UserError(f"{where}: field {key!r} should be a non-empty string")
     report_unused_fields(records, FIELDS[fmt])
+    if fmt == "sharegpt":
+        _report_two_systems(records)
 
 
 def report_unused_fields(records: Records, used: tuple[str, ...]) -> None:
@@ -136,6 +138,15 @@ def report_unused_fields(records: Records, used: tuple[str, ...]) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         listed.append(f"{key} ({n} record{'' if n == 1 else 's'}{hint})")
     print(f"tunelab: {records.source}: fields tunelab does not use: {', '.join(listed)}")
+
+
+def _report_two_systems(records: Records) -> None:
+    """A sharegpt record with a top-level system and a system turn first keeps the turn: say so, once per file."""
+    both = sum(1 for row in records.rows if not _empty(row.get("system"))
+               and row["conversations"][0].get("from") == "system")
+    if both:
+        print(f"tunelab: {records.source}: {both} record{'s' if both > 1 else ''} open with a system turn and also "
+              f"have a top-level 'system': the turn is used, the field is not")
 
 
 def _check_alpaca(row: dict, where: str) -> None:

@@ -6,7 +6,6 @@ from tunelab.config import Recipe
 from tunelab.evaluation.generation import reply_scores
 from tunelab.evaluation.perplexity import perplexity
 
-METRICS = ("perplexity", "accuracy", "rouge")
 REPLY_METRICS = ("accuracy", "rouge")  # scored on generated replies
 
 

@@ -10,6 +10,8 @@ from tunelab.data.chat import end_of_turn_ids
 from tunelab.data.formats import prompt_and_reference
 from tunelab.errors import UserError
 
+THINK_START, THINK_END = "<think>", "</think>"
+
 
 def check_generate(g: GenerateConfig) -> None:
     if g.max_new_tokens < 1:
@@ -63,6 +65,13 @@ def generate(model, tokenizer, prompts: list, g: GenerateConfig, batch_size: int
     return replies
 
 
+def answer_of(reply: str) -> str:
+    """A reply without the reasoning block a thinking model writes first (Qwen3's `<think>...</think>`, empty
+    when thinking is off): the reference answer has none, so it is not scored."""
+    head, closed, answer = reply.partition(THINK_END)
+    return answer.strip() if closed and head.lstrip().startswith(THINK_START) else reply
+
+
 def reply_scores(model, tokenizer, rows: list[dict], g: GenerateConfig, metrics: list[str], batch_size: int = 32,
                  rouge_language: str = "auto", rouge_tokenizer: str = "char") -> dict:
     """Generate a reply to each record's prompt once; score it against the reference reply by exact match
@@ -70,7 +79,8 @@ def reply_scores(model, tokenizer, rows: list[dict], g: GenerateConfig, metrics:
     pairs = [p for p in (prompt_and_reference(r) for r in rows) if p is not None]
     if not pairs:
         return {}
-    replies = generate(model, tokenizer, [p for p, _ in pairs], g, batch_size)
+    generated = generate(model, tokenizer, [p for p, _ in pairs], g, batch_size)
+    replies = [answer_of(reply) for reply in generated]
     references = [reference.strip() for _, reference in pairs]
     out: dict = {}
     if "accuracy" in metrics:
@@ -81,5 +91,5 @@ def reply_scores(model, tokenizer, rows: list[dict], g: GenerateConfig, metrics:
 
         out.update(rouge(replies, references, rouge_language, rouge_tokenizer), rouge_n=len(replies))
     out["samples"] = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "reference": ref, "generated": reply}
-                      for reply, (p, ref) in list(zip(replies, pairs))[:5]]
+                      for reply, (p, ref) in list(zip(generated, pairs))[:5]]
     return out

@@ -17,9 +17,10 @@ from tunelab.data.chat import conversation_tokens
 def loss_tokens(tokenizer, row: dict, max_length: int, loss_on: str = "assistant") -> tuple[list[int], list[int]]:
     """(input_ids, mask) of one converted record; mask is 1 where the token carries loss.
 
-    messages: the assistant replies with their end-of-turn token (data.chat.conversation_tokens), or every
-    token with loss_on=all; prompt/completion and preference (prompt + chosen): the completion and what the
-    template closes it with; text: every token, with the end-of-sequence token appended as TRL does.
+    messages: the assistant replies with their end-of-turn token (data.chat.conversation_tokens);
+    prompt/completion and preference (prompt + chosen): the completion and what the template closes it with;
+    text: every token, with the end-of-sequence token appended as TRL does. loss_on=all: every token of
+    messages and prompt/completion records, as SFT trains them then.
     """
     if "messages" in row:
         ids, mask = conversation_tokens(tokenizer, row["messages"])
@@ -40,7 +41,8 @@ def loss_tokens(tokenizer, row: dict, max_length: int, loss_on: str = "assistant
         else:
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        mask = [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+        trained_prompt = loss_on == "all" and "completion" in row  # as TRL with completion_only_loss=False
+        mask = [int(trained_prompt)] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
     return list(ids[:max_length]), list(mask[:max_length])
 
 

@@ -16,7 +16,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from tunelab import adapters, models, rundir
 from tunelab.config import Recipe, to_dict, trainer_args
-from tunelab.data.chat import render
+from tunelab.data.chat import TemplateNotUsable, check_replies, render
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluation.causal_lm import evaluate
@@ -55,22 +55,25 @@ def _sft_loss_args(recipe: Recipe) -> dict:
     return {}
 
 
-def tokenize_conversations(ds, tokenizer, loss_on: str, source: str, model_name: str):
+def tokenize_conversations(ds, tokenizer, loss_on: str, where: list[str], model_name: str):
     """Add input_ids and assistant_masks to conversation records, with data.chat's masks (the same that
     evaluation scores). TRL's SFTTrainer builds its labels from a tokenized data set's assistant_masks; left
-    to itself it would need a template TRL knows or one with {% generation %} markers."""
+    to itself it would need a template TRL knows or one with {% generation %} markers. `where` names each
+    record's file and line for an error."""
     if "messages" not in ds.column_names:
         return ds
 
     def tokenize(row, index):
-        where = f"{source} (record {index + 1})"
+        at = where[index]
         try:
             ids, mask = loss_tokens(tokenizer, row, _NO_LIMIT, loss_on)
         except TemplateError as e:
-            raise UserError(f"{where}: the chat template of {model_name} cannot render this conversation: {e}") from None
+            raise UserError(f"{at}: the chat template of {model_name} cannot render this conversation: {e}") from None
+        except TemplateNotUsable as e:
+            raise UserError(f"{at}: model {model_name}: {e}") from None
         tools = [m["content"] for m in row["messages"] if m["role"] == "tool"]
         if tools and not all(t in render(tokenizer, row["messages"]) for t in tools):
-            raise UserError(f"{where}: the chat template of {model_name} leaves tool messages out; use a template "
+            raise UserError(f"{at}: the chat template of {model_name} leaves tool messages out; use a template "
                             f"that renders role 'tool' (model.chat_template: chatml, or a .jinja file)")
         return {"input_ids": ids, "assistant_masks": mask}
 
@@ -105,10 +108,12 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
     else:
         model, tokenizer = models.load_causal_lm(recipe.model)
     adapters.check_model_fits(recipe, model)
+    if stage == "sft" and recipe.data.loss_on == "assistant" and "messages" in splits.train.column_names:
+        check_replies(tokenizer, recipe.model.name_or_path)
     for name in ("train", "eval"):
         ds = getattr(splits, name)
         if stage == "sft":
-            ds = tokenize_conversations(ds, tokenizer, recipe.data.loss_on, getattr(recipe.data, name) or recipe.data.train,
+            ds = tokenize_conversations(ds, tokenizer, recipe.data.loss_on, splits.where[name],
                                         recipe.model.name_or_path)
         lengths = [_record_length(tokenizer, row) for row in ds]
         setattr(splits, name, apply_length_limit(ds, lengths, recipe.data, name, splits.report))
