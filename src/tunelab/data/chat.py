@@ -16,6 +16,8 @@ those tokens, whatever the template:
 
 from __future__ import annotations
 
+import os
+from itertools import groupby
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -108,19 +110,26 @@ def _use_chatml(tokenizer) -> None:
 
 def training_template(tokenizer) -> str | None:
     """The template whose generation markers give a reply's tokens: the tokenizer's own if it has them, TRL's
-    training version of one TRL knows; None for any other (its replies are found by rendering). Kept on the
-    tokenizer per template."""
-    template = tokenizer.chat_template
-    if has_generation_markers(template):
-        return template
-    cached = getattr(tokenizer, "tunelab_training_template", None)
-    if cached is None or cached[0] != template:
-        try:
-            found = get_training_chat_template(tokenizer)
-        except (ValueError, TypeError, TemplateError):  # TRL's bare ValueError: a template it does not know
-            found = None
-        tokenizer.tunelab_training_template = cached = (template, found)
-    return cached[1]
+    training version of one TRL knows; None for any other (its replies are found by rendering)."""
+    if has_generation_markers(tokenizer.chat_template):
+        return tokenizer.chat_template
+    return _per_template(tokenizer, "training_template", _trl_training_template)
+
+
+def _trl_training_template(tokenizer) -> str | None:
+    try:
+        return get_training_chat_template(tokenizer)
+    except (ValueError, TypeError, TemplateError):  # TRL's bare ValueError: a template it does not know
+        return None
+
+
+def _per_template(tokenizer, name: str, compute):
+    """compute(tokenizer), kept on the tokenizer until its chat template changes."""
+    cache = tokenizer.__dict__.setdefault("tunelab_per_template", {})
+    key = (name, str(tokenizer.chat_template))
+    if key not in cache:
+        cache[key] = compute(tokenizer)
+    return cache[key]
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -155,30 +164,18 @@ def _reply_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]
 def _trim(tokenizer, ids: list[int], mask: list[int], turn_end: int | None) -> list[int]:
     """Each run of masked tokens without its leading whitespace tokens, and cut after its last end-of-turn
     token (or, without one, without its trailing whitespace tokens)."""
-    mask = list(mask)
-    blank = {}
-
-    def is_blank(i: int) -> bool:
-        if ids[i] not in blank:
-            blank[ids[i]] = not tokenizer.decode([ids[i]]).strip()
-        return blank[ids[i]]
-
-    i = 0
-    while i < len(mask):
-        if not mask[i]:
-            i += 1
+    blank = {t: not tokenizer.decode([t]).strip() for t in set(ids)}
+    trimmed = [0] * len(mask)
+    for masked, positions in groupby(range(len(mask)), key=mask.__getitem__):
+        run = list(positions)
+        if not masked:
             continue
-        end = i
-        while end < len(mask) and mask[end]:
-            end += 1
-        run = range(i, end)
-        first = next((j for j in run if not is_blank(j)), end)
+        words = [j for j in run if not blank[ids[j]]]
         ends = [j for j in run if ids[j] == turn_end]
-        last = ends[-1] if ends else next((j for j in reversed(run) if not is_blank(j)), i - 1)
-        for j in run:
-            mask[j] = int(first <= j <= last)
-        i = end
-    return mask
+        if words:
+            for j in range(words[0], (ends or words)[-1] + 1):
+                trimmed[j] = 1
+    return trimmed
 
 
 def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
@@ -201,20 +198,11 @@ def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[in
             start = len(before)
         else:  # a conversation that opens with a reply: it starts where its text does, after any preamble
             start = max(through.find(message["content"].strip()), 0)
-        reply = text[start:_common_prefix(through, text)].rstrip()
+        reply = text[start:len(os.path.commonprefix([through, text]))].rstrip()
         if message["content"].strip() not in reply:
             raise TemplateNotUsable(f"an assistant reply is not where rendering puts it: {reply!r}")
         spans.append((start, start + len(reply)))
     return spans
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -227,18 +215,17 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 
 def reply_end_token(tokenizer) -> int | None:
     """The last trained token of a reply followed by another turn, if it is a special token (else the
-    template gives a model no token to learn to stop with). Kept on the tokenizer per template."""
+    template gives a model no token to learn to stop with)."""
     if not tokenizer.chat_template:
         return None
-    cached = getattr(tokenizer, "tunelab_reply_end", None)
-    if cached is not None and cached[0] == tokenizer.chat_template:
-        return cached[1]
+    return _per_template(tokenizer, "reply_end", _reply_end_token)
+
+
+def _reply_end_token(tokenizer) -> int | None:
     try:
         tokens, mask = _reply_tokens(tokenizer, PROBE[:3])
     except (TemplateNotUsable, TemplateError):
         return None
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     trained = [t for t, m in zip(tokens, mask) if m and tokenizer.decode([t]).strip()]
-    found = trained[-1] if trained and trained[-1] in special else None
-    tokenizer.tunelab_reply_end = (tokenizer.chat_template, found)
-    return found
+    return trained[-1] if trained and trained[-1] in special else None

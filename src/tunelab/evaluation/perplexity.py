@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from trl.data_utils import common_prefix_length
 
 from tunelab.data.chat import conversation_tokens
 
@@ -37,17 +38,13 @@ def loss_tokens(tokenizer, row: dict, max_length: int, loss_on: str = "assistant
             # As TRL does, the completion is everything the template adds after the prompt (with ChatML
             # that includes the newline after <|im_end|>), from where the two token lists part.
             ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-            prompt_ids = prompt_ids[:_common_prefix_length(prompt_ids, ids)]
+            prompt_ids = prompt_ids[:common_prefix_length(prompt_ids, ids)]
         else:
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         trained_prompt = loss_on == "all" and "completion" in row  # as TRL with completion_only_loss=False
         mask = [int(trained_prompt)] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
     return list(ids[:max_length]), list(mask[:max_length])
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 @torch.no_grad()

@@ -22,7 +22,8 @@ from tunelab.errors import UserError
 from tunelab.evaluation.causal_lm import evaluate
 from tunelab.evaluation.generation import check_generate
 from tunelab.evaluation.perplexity import loss_tokens
-from tunelab.models import base_model_of, load_run, set_stop_tokens  # noqa: F401  (this family's run loaders)
+from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
+from tunelab.models import set_stop_tokens
 
 FORMATS = {
     "pretrain": ("text",),
