@@ -11,6 +11,8 @@ learn in about a minute on a 2-core CPU.
   off-by-one sum).
 Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging);
 seq2seq sets in builtin_reports (report headlines in English and Chinese, rewrites, a pretraining corpus).
+Chat sets for a real pretrained model in builtin_extract (a person's facts extracted into JSON in a house style,
+English and Chinese, SFT and preference).
 Every split is a plain list of records in one of the formats of `tunelab.data.formats`.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import random
 
 from tunelab.data.builtin_address import addresses
+from tunelab.data.builtin_extract import extraction, extraction_preference, interleave
 from tunelab.data.builtin_intents import intent_pairs, intents
 from tunelab.data.builtin_reports import corpus as report_corpus
 from tunelab.data.builtin_reports import corpus_eval as report_corpus_eval
@@ -127,4 +130,13 @@ DATASETS = {
     "sft_eval": (lambda: sft("eval"), "messages"),
     "preference_train": (lambda: preference("train"), "preference"),
     "preference_eval": (lambda: preference("eval"), "preference"),
+    # train: English and Chinese in turn; eval: all English records, then all Chinese ones
+    "extract_train": (lambda: interleave(extraction("en", "train"), extraction("zh", "train")), "messages"),
+    "extract_eval": (lambda: extraction("en", "eval") + extraction("zh", "eval"), "messages"),
+    "extract_en_eval": (lambda: extraction("en", "eval"), "messages"),
+    "extract_zh_eval": (lambda: extraction("zh", "eval"), "messages"),
+    "extract_preference_train": (lambda: interleave(extraction_preference("en", "train"),
+                                                    extraction_preference("zh", "train")), "preference"),
+    "extract_preference_eval": (lambda: extraction_preference("en", "eval") + extraction_preference("zh", "eval"),
+                                "preference"),
 }
