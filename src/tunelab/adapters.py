@@ -81,7 +81,7 @@ def peft_config(recipe: Recipe, task: str = "causal_lm"):
         if a.prompt_init_text:
             return PromptTuningConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens,
                                       prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=a.prompt_init_text,
-                                      tokenizer_name_or_path=tokenizer_location(recipe.model.name_or_path))
+                                      tokenizer_name_or_path=tokenizer_location(recipe.model))
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens)
     return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens,
                                encoder_hidden_size=a.encoder_hidden_size)

