@@ -12,9 +12,9 @@ from pathlib import Path
 
 import transformers
 from jinja2 import TemplateError
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig
 
-from tunelab import adapters, models, rundir
+from tunelab import adapters, models, precision, rundir
 from tunelab.config import Recipe, to_dict, trainer_args
 from tunelab.data.chat import TemplateNotUsable, check_replies, render
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
@@ -24,14 +24,16 @@ from tunelab.evaluation.generation import check_generate
 from tunelab.evaluation.perplexity import loss_tokens
 from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
 from tunelab.models import set_stop_tokens
+from tunelab.recipes.sft_trainer import SFTTrainerLabelPositions
 
 FORMATS = {
     "pretrain": ("text",),
     "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
     "dpo": ("preference",),
 }
-# TRL defaults to bf16 and gradient checkpointing, which slow a small model on the CPU down.
-TRAIN_DEFAULTS = {"bf16": False, "activation_checkpointing": False, "logging_steps": 5, "save_steps": 200}
+# TRL defaults to bf16 and gradient checkpointing. tunelab picks bf16 by the machine and the model's size
+# (train.bf16: auto, tunelab.precision), and checkpoints no activations: it recomputes the forward pass.
+TRAIN_DEFAULTS = {"activation_checkpointing": False, "logging_steps": 5, "save_steps": 200}
 # Pad to the longest in a batch of similar lengths: measured faster on the CPU than padding-free packing
 # (README, "Speed"). Measured for SFT only, so DPO keeps the Trainer's default (random) order.
 LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
@@ -86,7 +88,17 @@ def for_trainer(ds):
     return ds.select_columns(["input_ids", "assistant_masks"]) if "input_ids" in ds.column_names else ds
 
 
+def resolve_bf16(recipe: Recipe) -> str | None:
+    """Turn `train.bf16: auto` (also the default when the key is left out) into true or false in the recipe;
+    the reason, or None where the recipe chose."""
+    if recipe.train.get("bf16", "auto") != "auto":
+        return None
+    recipe.train["bf16"], why = precision.choose_bf16(models.parameter_count(recipe.model))
+    return why
+
+
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
+    resolve_bf16(recipe)
     defaults = rundir.trainer_defaults(**TRAIN_DEFAULTS)
     if "gradient_checkpointing" in recipe.train:  # the deprecated name still works if a user writes it
         defaults.pop("activation_checkpointing")
@@ -126,6 +138,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     adapters.check_method(recipe)
     check_generate(recipe.eval.generate)
     staging = rundir.partial_path(out)
+    bf16_choice = resolve_bf16(recipe)
     args = build_args(recipe, stage, staging)
     rundir.check_free(out, resume, overwrite)
     model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
@@ -134,7 +147,7 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     log_path = staging / "train_log.jsonl"
     callbacks = [rundir.TrainLogCallback(log_path), rundir.RankReportCallback()]
     peft_config = adapters.peft_config(recipe)
-    trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainer
+    trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainerLabelPositions
     eval_dataset = splits.eval if args.eval_strategy != "no" else None
     set_stop_tokens(model, tokenizer)
     trainer = trainer_cls(model=model, args=args, train_dataset=for_trainer(splits.train),
@@ -153,7 +166,8 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     scores = {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
               **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}}
     metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started,
-                                 chat_template=getattr(tokenizer, "tunelab_chat_template", "own"))
+                                 chat_template=getattr(tokenizer, "tunelab_chat_template", "own"),
+                                 precision={"bf16": args.bf16, "why": bf16_choice or "set by the recipe (train.bf16)"})
     rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForCausalLM")
     return metrics
 
