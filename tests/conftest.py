@@ -75,3 +75,11 @@ def sft_run(tmp_path_factory) -> Path:
     assert main(["train", str(RECIPES / "sft_lora.yaml"), "--output-dir", str(out), "train.max_steps=12",
                  "eval.max_samples=8", "train.logging_steps=2"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, dequantized from its GGUF file into the session's cache (once)."""
+    from tunelab import models
+
+    return Path(models.resolve(models.EMBEDDED_SMOLLM2))

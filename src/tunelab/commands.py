@@ -214,9 +214,14 @@ def cmd_parity(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from tunelab.demo import run_demo
+    if args.real:
+        from tunelab.demo_real import run_demo_real
 
-    run_demo(Path(args.output_dir))
+        run_demo_real(Path(args.output_dir or "runs/demo-real"))
+    else:
+        from tunelab.demo import run_demo
+
+        run_demo(Path(args.output_dir or "runs/demo"))
     return 0
 
 

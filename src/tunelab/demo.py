@@ -16,7 +16,7 @@ from tunelab.cli import main as tunelab
 SFT_EVAL = "builtin:sft_eval"
 
 
-def _run(*argv: str) -> None:
+def run(*argv: str) -> None:
     print(f"\n$ tunelab {' '.join(argv)}", flush=True)
     code = tunelab(list(argv))
     if code != 0:
@@ -30,10 +30,10 @@ def run_demo(out: Path) -> None:
 
     print(f"embedded default: {models.embedded_run_dir()} (built now if missing)", flush=True)
     models.build_embedded()
-    _run("train", str(recipes / "sft_lora.yaml"), "--output-dir", str(sft), "--overwrite")
-    _run("eval", str(sft), "--baseline")
-    _run("train", str(recipes / "dpo_lora.yaml"), f"model.name_or_path={sft}", "--output-dir", str(dpo), "--overwrite")
-    _run("eval", str(dpo), "--data", SFT_EVAL, "--format", "messages")
+    run("train", str(recipes / "sft_lora.yaml"), "--output-dir", str(sft), "--overwrite")
+    run("eval", str(sft), "--baseline")
+    run("train", str(recipes / "dpo_lora.yaml"), f"model.name_or_path={sft}", "--output-dir", str(dpo), "--overwrite")
+    run("eval", str(dpo), "--data", SFT_EVAL, "--format", "messages")
 
     pretrain = rundir.read_metrics(models.embedded_run_dir())
     sft_m, dpo_m = rundir.read_metrics(sft), rundir.read_metrics(dpo)
