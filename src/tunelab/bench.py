@@ -1,15 +1,22 @@
-"""`tunelab bench RECIPE`: train a causal_lm.sft recipe briefly under several variants and compare their speed.
+"""`tunelab bench RECIPE`: train a causal_lm.sft recipe briefly under several variants and compare their speed,
+and the loss each reached.
 
-Each variant is the recipe with a few overrides (a batch layout, a method, a CUDA setting), or a plain TRL
-SFTTrainer with its own defaults on the same model and data, so every table shows our speed as a ratio
-to the stack's default. Every variant trains in its own process (bench_processes.py), and the processes take
-turns: each trains one segment of steps, then waits while the others train theirs. Interleaving this way
-spreads the machine's slow and fast moments (other jobs, thermal throttling) over all variants alike,
-where one variant after another would hand a whole slow minute to one of them.
+Each variant is the recipe with a few overrides (a batch layout, a method, a precision, a CUDA setting),
+trained as `tunelab train` trains it, or a plain TRL SFTTrainer on the same model, adapter and tokenized
+data: `trl-same-hparams` with the recipe's learning rate and schedule, batch, max length and seed, TRL's
+defaults for the rest, `trl-default` with TRL's defaults for everything. `tunelab` is the recipe unchanged, and every ratio
+is taken against the baseline row (trl-same-hparams unless --baseline says otherwise), so the table shows
+what tunelab's choices buy on the same optimisation problem. Every row then scores the same held-out
+records (tunelab's perplexity, the training loss tokens), so a speed-up can be read at equal loss.
 
-The TRL-default row takes the recipe's model, adapter and data sections (and overrides of them), never its
-train: section. All the processes live until the end, so all the variants' models are in memory at once:
-for a large model, name fewer --variants.
+Every variant trains in its own process (bench_processes.py), and the processes take turns: each trains one
+segment of steps, then waits while the others train theirs. Interleaving this way spreads the machine's slow
+and fast moments (other jobs, thermal throttling) over all variants alike, where one variant after another
+would hand a whole slow minute to one of them. All the processes live until the end, so all the variants'
+models are in memory at once: for a large model, name fewer --variants.
+
+Achieved GFLOP/s is the nominal count (bench_processes.flops_per_token) times tokens/s, and its share of
+this machine's own matmul speed, measured before the variants start, in the row's precision.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +35,8 @@ import torch
 import transformers
 import trl
 
-from tunelab import adapters, bench_processes, rundir
+from tunelab import adapters, bench_processes, precision, rundir
+from tunelab.bench_processes import TRL_DEFAULT, TRL_SAME_HPARAMS, TUNELAB
 from tunelab.config import load_recipe
 from tunelab.data.loading import load_splits
 from tunelab.errors import UserError
@@ -35,10 +44,17 @@ from tunelab.recipes import causal_lm
 
 ROUNDS = 4  # segments per variant: enough to interleave, few enough that a segment is several steps
 NOISY = 1.5  # a mean step this much above the median step says other work slowed some steps down
-TRL_DEFAULT = "trl-default"
+EVAL_GAP = 0.05  # an eval loss this far from the baseline's: its speed was not bought at equal loss
+PEAK_SIZE = 2048  # the matmul that measures the machine's peak: (PEAK_SIZE, PEAK_SIZE) @ (PEAK_SIZE, PEAK_SIZE)
+PEAK_SECONDS = 2.0  # time the peak matmul at least 3 and at most 10 times, stopping after this long
+METHODS = ("full", "lora", "qlora", "prefix", "prompt")
 PEAK_MEMORY_NOTE = ("CPU: the peak resident set (ru_maxrss) of the variant's own process over its whole life, "
                     "model loading and the Python runtime included; CUDA: torch.cuda.max_memory_allocated and "
                     "max_memory_reserved during training, in the variant's own process")
+FLOPS_NOTE = ("nominal (MFU convention): per non-padding token 6N for full fine-tuning, 4N + 2 N_trainable with a "
+              "frozen base (N: nn.Linear weights, the LM head and adapters included, the embedding lookup excluded, "
+              "4-bit layers at their logical size); attention's sequence-squared term and activation recomputation "
+              "left out; peak_share: achieved / this machine's matmul_peak_gflops in the row's precision")
 
 
 @dataclass(frozen=True)
@@ -46,29 +62,44 @@ class Variant:
     name: str
     description: str
     overrides: tuple[str, ...] = ()
-    cuda_only: bool = False
+    trainer: str = TUNELAB  # who builds the trainer: bench_processes.TUNELAB, TRL_DEFAULT or TRL_SAME_HPARAMS
+    method: str | None = None  # a method row: trains at the learning rate of its sibling recipe sft_<method>.yaml
+    needs: str | None = None  # "cuda", or "bf16": CUDA or a CPU with bf16 instructions
     unavailable: str | None = None  # why it cannot run with what is installed
 
 
 VARIANTS = (
-    Variant(TRL_DEFAULT, "plain TRL SFTTrainer defaults"),
+    Variant(TRL_SAME_HPARAMS, "TRL SFTTrainer: recipe's lr schedule, batch, length, seed", trainer=TRL_SAME_HPARAMS),
+    Variant(TUNELAB, "the recipe as tunelab train runs it"),
+    Variant(TRL_DEFAULT, "TRL SFTTrainer: all its defaults", trainer=TRL_DEFAULT),
     Variant("pad-longest", "layout: random order, pad to longest", ("train.train_sampling_strategy=random",)),
     Variant("grouped", "layout: grouped by length, padded", ("train.train_sampling_strategy=group_by_length",)),
     Variant("packed", "layout: packed, padding-free", ("train.packing=true", "train.padding_free=true")),
-    *(Variant(method, f"method: {method}", (f"adapter.method={method}",))
-      for method in ("full", "lora", "qlora", "prefix", "prompt")),
-    Variant("bf16", "bf16 mixed precision", ("train.bf16=true",), cuda_only=True),
-    Variant("sdpa", "attention: sdpa", ("model.attn_implementation=sdpa",), cuda_only=True),
-    Variant("eager", "attention: eager", ("model.attn_implementation=eager",), cuda_only=True),
-    Variant("grad-ckpt", "gradient checkpointing", ("train.activation_checkpointing=true",), cuda_only=True),
-    Variant("liger", "TRL use_liger_kernel", ("train.use_liger_kernel=true",), cuda_only=True,
+    *(Variant(method, f"method: {method}", (f"adapter.method={method}",), method=method) for method in METHODS),
+    Variant("fp32", "precision: fp32", ("train.bf16=false",)),
+    Variant("bf16", "precision: bf16 autocast", ("train.bf16=true",), needs="bf16"),
+    Variant("sdpa", "attention: sdpa", ("model.attn_implementation=sdpa",), needs="cuda"),
+    Variant("eager", "attention: eager", ("model.attn_implementation=eager",), needs="cuda"),
+    Variant("grad-ckpt", "gradient checkpointing", ("train.activation_checkpointing=true",), needs="cuda"),
+    Variant("liger", "TRL use_liger_kernel", ("train.use_liger_kernel=true",), needs="cuda",
             unavailable=None if importlib.util.find_spec("liger_kernel") else "liger-kernel is not installed"),
     # Listed, though it never runs, so that a bench says why there is nothing to switch on.
-    Variant("chunked-loss", "TRL chunked loss", cuda_only=True,
+    Variant("chunked-loss", "TRL chunked loss", needs="cuda",
             unavailable=f"TRL {trl.__version__} already computes every row's loss in chunks (SFTTrainer's fused "
                         f"LM head); its loss_type=chunked_nll is a deprecated alias of the default"),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def _why_not(variant: Variant, cuda: bool) -> str | None:
+    """Why the variant cannot run on this machine, or None."""
+    if variant.unavailable:
+        return variant.unavailable
+    if variant.needs == "cuda" and not cuda:
+        return "needs CUDA"
+    if variant.needs == "bf16" and not cuda and precision.cpu_bf16_instructions() is None:
+        return f"needs CUDA or a CPU with bf16 instructions ({' or '.join(precision.CPU_BF16_FLAGS)})"
+    return None
 
 
 def select(names: str | None, baseline: str, cuda: bool) -> tuple[list[Variant], dict[str, str]]:
@@ -80,7 +111,7 @@ def select(names: str | None, baseline: str, cuda: bool) -> tuple[list[Variant],
     run, skipped = [], {}
     for name in dict.fromkeys([baseline, *wanted]):
         variant = BY_NAME[name]
-        reason = variant.unavailable or ("needs CUDA" if variant.cuda_only and not cuda else None)
+        reason = _why_not(variant, cuda)
         if reason and name == baseline:
             raise UserError(f"bench baseline {name!r} cannot run here: {reason}")
         if reason:
@@ -90,48 +121,121 @@ def select(names: str | None, baseline: str, cuda: bool) -> tuple[list[Variant],
     return run, skipped
 
 
-def check_recipe(args, variants: list[Variant], scratch: str) -> None:
+def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared `key=value` edits, and `VARIANT:key=value` edits for one of the benched variants each."""
+    shared, own = [], {name: [] for name in names}
+    for text in overrides:
+        key = text.partition("=")[0]
+        if ":" not in key:  # a colon after the '=' belongs to the value (data.train=builtin:NAME)
+            shared.append(text)
+            continue
+        name, _, edit = text.partition(":")
+        if name not in own:
+            raise UserError(f"{text}: {name!r} is not one of the benched variants ({', '.join(names)})")
+        if BY_NAME[name].trainer == TRL_DEFAULT and edit.startswith("train."):
+            raise UserError(f"{text}: {TRL_DEFAULT} trains with SFTConfig's own defaults, never the train: section")
+        own[name].append(edit)
+    return shared, own
+
+
+def _learning_rate_overrides(recipe_path: str, shared: list[str], variant: Variant) -> tuple[list[str], str]:
+    """(the edit that gives a method row its own learning rate, or none; where its rate comes from). A method
+    trains at the rate of the recipe beside the benched one for that method (sft_full.yaml beside sft_lora.yaml),
+    when that recipe fine-tunes the same model; otherwise at the benched recipe's."""
+    if variant.trainer == TRL_DEFAULT:
+        return [], "SFTConfig's default"
+    sibling = Path(recipe_path).with_name(f"sft_{variant.method}.yaml") if variant.method else None
+    if sibling is None or not sibling.is_file() or sibling.resolve() == Path(recipe_path).resolve():
+        return [], "the recipe"
+    benched, other = load_recipe(recipe_path, shared), load_recipe(sibling)
+    rate = other.train.get("learning_rate")
+    if rate is None or (other.recipe, other.model.name_or_path) != (benched.recipe, benched.model.name_or_path):
+        return [], "the recipe"
+    return [f"train.learning_rate={rate}"], str(sibling)
+
+
+def plan(args, variants: list[Variant]) -> dict[str, tuple[list[str], str]]:
+    """{name: (the variant's overrides, where its learning rate comes from)}. Later edits win: the sibling
+    recipe's learning rate, the shared overrides, the variant's own, its `VARIANT:key=value` edits."""
+    shared, own = split_overrides(args.overrides, [v.name for v in variants])
+    jobs = {}
+    for v in variants:
+        rate, source = _learning_rate_overrides(args.recipe, shared, v)
+        edits = [*shared, *v.overrides, *own[v.name]]
+        if any(e.startswith("train.learning_rate=") for e in edits) and v.trainer != TRL_DEFAULT:
+            source = "an override"
+        jobs[v.name] = ([*rate, *edits], source)
+    return jobs
+
+
+def check_recipe(args, jobs: dict[str, tuple[list[str], str]], scratch: str) -> None:
     """Catch recipe, override and data mistakes here, as one UserError, before any process starts."""
-    base = load_recipe(args.recipe, args.overrides)
+    base = load_recipe(args.recipe, split_overrides(args.overrides, list(jobs))[0])
     if base.recipe != "causal_lm.sft":
         raise UserError(f"{args.recipe}: bench supports causal_lm sft recipes (this one is {base.recipe})")
     load_splits(base, causal_lm.FORMATS["sft"])
-    for variant in variants:
-        recipe = load_recipe(args.recipe, [*args.overrides, *variant.overrides])
+    for overrides, _ in jobs.values():
+        recipe = load_recipe(args.recipe, overrides)
         adapters.check_method(recipe)
         causal_lm.build_args(recipe, "sft", Path(scratch))
+
+
+def matmul_peak_gflops(cuda: bool) -> dict[str, float]:
+    """This machine's matmul speed in fp32 and bf16, GFLOP/s: the best time of a PEAK_SIZE square matmul on
+    torch's own threads (or the GPU). The rows' achieved GFLOP/s are read as shares of it."""
+    device = "cuda" if cuda else "cpu"
+    flops = 2 * PEAK_SIZE**3
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, device=device).to(dtype) for _ in range(2))
+        times, began = [], time.perf_counter()
+        while len(times) < 3 or (len(times) < 10 and time.perf_counter() - began < PEAK_SECONDS):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        peaks[name] = round(flops / min(times) / 1e9, 1)  # the first run warms up, and is seldom the best
+    return peaks
 
 
 def run_bench(args) -> int:
     cuda = torch.cuda.is_available()
     variants, skipped = select(args.variants, args.baseline, cuda)
+    jobs = plan(args, variants)
     segment = math.ceil(args.steps / ROUNDS)
     max_steps = 1 + args.steps  # one warm-up step, left out of the timing
     pause_after = list(range(1 + segment, max_steps, segment))
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as scratch:
-        check_recipe(args, variants, scratch)
+        check_recipe(args, jobs, scratch)
+        load = os.getloadavg()[0]  # other work running now would slow the peak and every row down
+        peaks = matmul_peak_gflops(cuda)  # before any variant's process starts, on a quiet machine
         print(f"tunelab bench: {len(variants)} variants x {args.steps} steps (+1 warm-up), taking turns in "
-              f"segments of {segment} steps", file=sys.stderr, flush=True)
-        jobs = {v.name: ([*args.overrides, *v.overrides], v.name == TRL_DEFAULT) for v in variants}
-        results, failed = bench_processes.run_interleaved(args.recipe, jobs, max_steps, pause_after, scratch)
-    rows = _rows(variants, results, args.baseline)
+              f"segments of {segment} steps; matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s",
+              file=sys.stderr, flush=True)
+        results, failed = bench_processes.run_interleaved(
+            args.recipe, {v.name: (jobs[v.name][0], v.trainer) for v in variants}, max_steps, pause_after,
+            args.eval_samples, scratch)
+    rows = _rows(variants, jobs, results, args.baseline, peaks)
     report = {"recipe": args.recipe, "overrides": args.overrides, "steps": args.steps, "segment_steps": segment,
-              "baseline": args.baseline, "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "eval_samples": args.eval_samples, "baseline": args.baseline,
+              "device": torch.cuda.get_device_name() if cuda else "cpu",
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "trl": trl.__version__, "peft": peft.__version__},
-              "peak_memory": PEAK_MEMORY_NOTE, "rows": rows, "skipped": skipped, "failed": failed}
+              "load_average_at_start": load, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peaks,
+              "flops": FLOPS_NOTE, "peak_memory": PEAK_MEMORY_NOTE,
+              "rows": rows, "skipped": skipped, "failed": failed}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "bench.json", report)
     _plot(rows, args.baseline, out / "bench.png")
-    print(_table(rows, args.baseline, cuda))
-    if TRL_DEFAULT in results:
-        settings = ", ".join(f"{k}={v}" for k, v in results[TRL_DEFAULT]["settings"].items())
-        print(f"{TRL_DEFAULT} trained with SFTConfig's own defaults: {settings}")
-    noisy = [r["variant"] for r in rows if r["step_time_ms_mean"] > NOISY * r["step_time_ms"]]
-    if noisy:
-        print(f"noisy: {', '.join(noisy)} (mean step over {NOISY}x the median: something else used the machine; "
-              f"bench.json has every step's time)")
+    print(_table(rows, args.baseline, cuda, peaks))
+    for line in _after_table(rows, args.baseline):
+        print(line)
+    if not cuda and load >= (os.cpu_count() or 1):
+        print(f"busy: the load average was {load:.1f} on {os.cpu_count()} CPUs as the bench began: other work shared "
+              f"the machine, so the matmul peak and every row are slower than this machine can go (the ratios "
+              f"less so, as the rows took turns)")
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     for name, error in failed.items():
@@ -140,32 +244,67 @@ def run_bench(args) -> int:
     return 1 if failed else 0
 
 
-def _rows(variants: list[Variant], results: dict, baseline: str) -> list[dict]:
-    rows = [{"variant": v.name, "description": v.description, "overrides": list(v.overrides), **results[v.name]}
+def _rows(variants: list[Variant], jobs: dict, results: dict, baseline: str, peaks: dict[str, float]) -> list[dict]:
+    rows = [{"variant": v.name, "description": v.description, "overrides": jobs[v.name][0],
+             "learning_rate_from": jobs[v.name][1], **results[v.name]}
             for v in variants if v.name in results]
     for row in rows:
         row["peak_memory_mb"] = row.get("peak_cuda_allocated_mb", row["peak_rss_mb"])
+        row["precision"] = "bf16" if row["settings"]["bf16"] else "fp32"
+        row["peak_share"] = row["achieved_gflops"] / peaks[row["precision"]]
     base = next((row for row in rows if row["variant"] == baseline), None)
     for row in rows:
-        for key in ("tokens_per_second", "step_time_ms", "peak_memory_mb"):
-            row[f"{key}_ratio"] = row[key] / base[key] if base else None
+        for key in ("tokens_per_second", "step_time_ms", "peak_memory_mb", "eval_loss"):
+            row[f"{key}_ratio"] = row[key] / base[key] if base and base[key] else None
     return rows
 
 
-def _table(rows: list[dict], baseline: str, cuda: bool) -> str:
+def _after_table(rows: list[dict], baseline: str) -> list[str]:
+    """The lines under the table: what the TRL rows and the recipe row trained with, eval losses far from the
+    baseline's, noisy rows."""
+    lines = []
+    for row in rows:
+        if row["variant"] not in (TRL_DEFAULT, TRL_SAME_HPARAMS, TUNELAB):
+            continue
+        s = row["settings"]
+        sampling = "packed" if s["packing"] else s["train_sampling_strategy"]
+        lines.append(f"{row['variant']}: {s['trainer']}, lr {s['learning_rate']:g} ({row['learning_rate_from']}), "
+                     f"{s['lr_scheduler_type']} schedule, {s['warmup_steps']:g} warm-up steps, batch {s['batch_size']} "
+                     f"x {s['gradient_accumulation_steps']}, max_length {s['max_length']}, bf16={s['bf16']}, "
+                     f"activation_checkpointing={s['activation_checkpointing']}, {sampling} batches, seed {s['seed']}")
+    base = next((row for row in rows if row["variant"] == baseline), None)
+    if base is not None and math.isfinite(base["eval_loss"]):
+        far = [f"{r['variant']} {r['eval_loss']:.3f} ({100 * (r['eval_loss_ratio'] - 1):+.1f}%)" for r in rows
+               if r["eval_loss_ratio"] is not None and abs(r["eval_loss_ratio"] - 1) > EVAL_GAP]
+        if far:
+            lines.append(f"eval loss over {EVAL_GAP:.0%} away from {baseline}'s {base['eval_loss']:.3f}: "
+                         f"{', '.join(far)}; their speed ratios are not at equal loss")
+    noisy = [r["variant"] for r in rows if r["step_time_ms_mean"] > NOISY * r["step_time_ms"]]
+    if noisy:
+        lines.append(f"noisy: {', '.join(noisy)} (mean step over {NOISY}x the median: something else used the "
+                     f"machine; bench.json has every step's time)")
+    return lines
+
+
+def _table(rows: list[dict], baseline: str, cuda: bool, peaks: dict[str, float]) -> str:
     memory = ("peak alloc MB", "reserved MB") if cuda else ("peak RSS MB",)
-    header = ("variant", "description", "attention", "tokens/s", "padding", "ms/step", *memory, "final loss",
-              f"x {baseline}")
+    attentions = {r["attention"] for r in rows}
+    attention = ("attention",) if len(attentions) > 1 else ()  # a column only where the rows differ
+    header = ("variant", "description", *attention, "lr", "tokens/s", "GFLOP/s", "% peak", "padding", "ms/step",
+              *memory, "final loss", "eval loss", f"x {baseline}")
     lines = []
     for r in rows:
         ratio = "n/a" if r["tokens_per_second_ratio"] is None else f"{r['tokens_per_second_ratio']:.2f}"
         memory_cells = ((f"{r['peak_cuda_allocated_mb']:.0f}", f"{r['peak_cuda_reserved_mb']:.0f}") if cuda
                         else (f"{r['peak_rss_mb']:.0f}",))
-        lines.append((r["variant"], r["description"], r["attention"], f"{r['tokens_per_second']:.0f}",
-                      f"{100 * r['padding_fraction']:.1f}%", f"{r['step_time_ms']:.0f}", *memory_cells,
-                      f"{r['final_loss']:.3f}", ratio))
+        lines.append((r["variant"], r["description"], *((r["attention"],) if attention else ()),
+                      f"{r['settings']['learning_rate']:.1e}",
+                      f"{r['tokens_per_second']:.0f}", f"{r['achieved_gflops']:.1f}",
+                      f"{100 * r['peak_share']:.1f}% {r['precision']}", f"{100 * r['padding_fraction']:.1f}%",
+                      f"{r['step_time_ms']:.0f}", *memory_cells, f"{r['final_loss']:.3f}", f"{r['eval_loss']:.3f}",
+                      ratio))
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    text_columns = 3  # left-aligned; the figures are right-aligned
+    text_columns = 2 + len(attention)  # left-aligned; the figures are right-aligned
 
     def render(cells) -> str:
         return "  ".join(str(c).ljust(w) if i < text_columns else str(c).rjust(w)
@@ -175,8 +314,17 @@ def _table(rows: list[dict], baseline: str, cuda: bool) -> str:
     memory_note = ("peak alloc/reserved MB: CUDA's peaks during training" if cuda else
                    "peak RSS MB: the variant's own process over its life, the Python runtime included")
     notes = [f"tokens/s: a step's non-padding tokens per second, ms/step: its time, each the median over the "
-             f"steps after warm-up; x {baseline}: tokens/s ratio",
-             f"padding: padded share of batch positions; {memory_note}; final loss: mean over the last segment"]
+             f"steps after warm-up; x {baseline}: tokens/s ratio; lr: the learning rate the row trained at"
+             + ("" if attention else f"; attention: {next(iter(attentions), 'n/a')} in every row"),
+             f"GFLOP/s: nominal, tokens/s x (6N full fine-tuning, 4N + 2 N_trainable frozen base + adapter; N: "
+             f"matmul weights, LM head in, embeddings out; attention's sequence-squared term left out)",
+             f"% peak: of this machine's 2048x2048 matmul in the row's precision (fp32 {peaks['fp32']:.0f}, "
+             f"bf16 {peaks['bf16']:.0f} GFLOP/s)",
+             f"padding: padded share of batch positions; {memory_note}",
+             f"final loss: training loss, mean over the last segment; eval loss: after training, the token-weighted "
+             f"NLL of the same held-out records over the trained loss tokens, fp32",
+             "every row, TRL's too, trains on the data tunelab train prepares: conversations come tokenized with "
+             "tunelab's loss masks, which TRL turns into its labels"]
     return "\n".join([render(header), rule, *map(render, lines), rule, *notes])
 
 

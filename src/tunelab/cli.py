@@ -73,14 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--run-dir", action="append", default=[],
                    help="also compare our Qwen2 with this Qwen2 run's model (LoRA merged); repeatable")
 
-    b = sub.add_parser("bench", help="train a recipe briefly under several variants, side by side: tokens/s, "
-                                     "padding, step time, peak memory, loss, ratios to a baseline (table, JSON, PNG)")
+    b = sub.add_parser("bench", help="train a recipe briefly under several variants, side by side: tokens/s, GFLOP/s, "
+                                     "padding, step time, peak memory, train and eval loss, ratios to a baseline "
+                                     "(table, JSON, PNG)")
     b.add_argument("recipe")
-    b.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every variant")
-    b.add_argument("--variants", help="comma-separated variant names (default: the batch layouts, the methods and "
-                                      "the TRL-default row; CUDA-only variants are added on a GPU)")
+    b.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every variant; VARIANT:key.sub=value "
+                                                "to one variant only, e.g. prompt:train.learning_rate=0.3")
+    b.add_argument("--variants", help="comma-separated variant names (default: the TRL rows, the recipe as it is, the "
+                                      "batch layouts, the methods and the precisions; CUDA-only variants on a GPU)")
     b.add_argument("--steps", type=_positive, default=20, help="optimizer steps per variant (after warm-up)")
-    b.add_argument("--baseline", default="trl-default", help="the variant every ratio is taken against")
+    b.add_argument("--baseline", default="trl-same-hparams",
+                   help="the variant every ratio is taken against (default: plain TRL with the recipe's learning "
+                        "rate, batch and max length)")
+    b.add_argument("--eval-samples", type=_positive, default=32,
+                   help="every row's eval loss is taken on this many records from the start of the eval split")
     b.add_argument("--output-dir", default="runs/bench", help="where bench.json and bench.png go")
 
     c = sub.add_parser("compare", help="one table (and a PNG bar chart) of several runs: method, trainable "
@@ -103,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*")
 
     d = sub.add_parser("demo", help="the offline Qwen2 pipeline: pretrain, SFT, DPO, with a table of results")
-    d.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (replaced on each demo)")
+    d.add_argument("--real", action="store_true", help="the real SmolLM2-135M-Instruct instead: SFT then DPO on "
+                                                       "JSON extraction in English and Chinese (a few minutes)")
+    d.add_argument("--output-dir", help="where the demo's runs go, replaced on each demo (default: runs/demo, "
+                                        "or runs/demo-real with --real)")
     return p
 
 
