@@ -38,6 +38,7 @@ import trl
 from tunelab import adapters, bench_processes, precision, rundir
 from tunelab.bench_processes import TRL_DEFAULT, TRL_SAME_HPARAMS, TUNELAB
 from tunelab.config import load_recipe
+from tunelab.config import split_overrides as split_targeted_overrides
 from tunelab.data.loading import load_splits
 from tunelab.errors import UserError
 from tunelab.recipes import causal_lm
@@ -123,18 +124,11 @@ def select(names: str | None, baseline: str, cuda: bool) -> tuple[list[Variant],
 
 def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Shared `key=value` edits, and `VARIANT:key=value` edits for one of the benched variants each."""
-    shared, own = [], {name: [] for name in names}
-    for text in overrides:
-        key = text.partition("=")[0]
-        if ":" not in key:  # a colon after the '=' belongs to the value (data.train=builtin:NAME)
-            shared.append(text)
-            continue
-        name, _, edit = text.partition(":")
-        if name not in own:
-            raise UserError(f"{text}: {name!r} is not one of the benched variants ({', '.join(names)})")
-        if BY_NAME[name].trainer == TRL_DEFAULT and edit.startswith("train."):
-            raise UserError(f"{text}: {TRL_DEFAULT} trains with SFTConfig's own defaults, never the train: section")
-        own[name].append(edit)
+    shared, own = split_targeted_overrides(overrides, names, "benched variants")
+    for edit in own.get(TRL_DEFAULT, []):
+        if edit.startswith("train."):
+            raise UserError(f"{TRL_DEFAULT}:{edit}: {TRL_DEFAULT} trains with SFTConfig's own defaults, never the "
+                            f"train: section")
     return shared, own
 
 

@@ -219,6 +219,21 @@ def apply_override(data: dict, origins: dict, text: str) -> None:
     origins[key] = (f"override {text!r}", None)
 
 
+def split_overrides(overrides: list[str], targets: list[str], what: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared `key=value` edits, and `TARGET:key=value` edits for one target each (a sweep's methods, a bench's
+    variants); `what` names the targets in the error for an unknown one."""
+    shared, own = [], {target: [] for target in targets}
+    for text in overrides:
+        if ":" not in text.partition("=")[0]:  # a colon after the '=' belongs to the value (data.train=builtin:NAME)
+            shared.append(text)
+            continue
+        target, _, edit = text.partition(":")
+        if target not in own:
+            raise UserError(f"{text}: {target!r} is not one of the {what} ({', '.join(targets)})")
+        own[target].append(edit)
+    return shared, own
+
+
 # ---------------------------------------------------------------- type checking
 
 def _type_name(tp: Any) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunelab import adapters
 from tunelab.compare import run_compare
-from tunelab.config import AdapterConfig, load_recipe
+from tunelab.config import AdapterConfig, load_recipe, split_overrides
 from tunelab.errors import UserError
 from tunelab.recipes import module_of
 
@@ -76,19 +76,10 @@ def _method_list(text: str | None) -> list[str]:
 
 def _split_overrides(overrides: list[str], methods: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Shared `key=value` edits, and `METHOD:key=value` edits for one method each."""
-    shared, per_method = [], {m: [] for m in methods}
     for text in overrides:
-        key = text.partition("=")[0]
-        if key.rpartition(":")[2].strip() == "adapter.method":
+        if text.partition("=")[0].rpartition(":")[2].strip() == "adapter.method":
             raise UserError(f"{text}: a sweep sets adapter.method itself; choose the methods with --methods")
-        if ":" not in key:  # a colon after the '=' belongs to the value (data.train=builtin:NAME)
-            shared.append(text)
-            continue
-        method, _, edit = text.partition(":")
-        if method not in per_method:
-            raise UserError(f"{text}: {method!r} is not one of the swept methods ({', '.join(methods)})")
-        per_method[method].append(edit)
-    return shared, per_method
+    return split_overrides(overrides, methods, "swept methods")
 
 
 def _check(recipe_path: str, overrides: list[str], out: Path) -> str | None:
