@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from tunelab.config import DataConfig, Recipe
-from tunelab.data import formats, labels
+from tunelab.data import formats, labels, mixture
 from tunelab.data.readers import Records, read_records
 from tunelab.errors import UserError
 
@@ -56,6 +56,33 @@ def _locations(records: Records) -> list[str]:
     return [records.where(i) for i in range(len(records.rows))]
 
 
+def train_sources(d: DataConfig) -> list[str]:
+    """The path of each source data.train names: itself, or each entry of a mixture."""
+    return [d.train] if isinstance(d.train, str) else [entry.path for entry in d.train]
+
+
+def _read_train(recipe: Recipe, allowed_formats: tuple[str, ...]) -> tuple[list[mixture.Part], list[str] | None]:
+    """Each train source read, checked and converted, and the encoder formats' label names (from all sources)."""
+    d = recipe.data
+    if isinstance(d.train, str):
+        sources = [(_read(d.train, d, d.format, d.max_train_samples), d.format)]
+    else:
+        sources = []
+        for i, entry in enumerate(d.train):
+            fmt, at = entry.format or d.format, recipe.origin(f"data.train[{i}]")
+            if fmt not in allowed_formats:
+                raise UserError(f"{recipe.origin(f'data.train[{i}].format')}: data.train[{i}].format = {fmt!r} does "
+                                f"not fit {recipe.recipe} (use {', '.join(allowed_formats)})")
+            sources.append((_read(entry.path, d, fmt, way_out=f" (data.train[{i}], {at})"), fmt))
+    names = None
+    if d.format in labels.LABELLED:  # an encoder stage takes one format, so every source is in d.format
+        names = labels.label_names(Records([row for r, _ in sources for row in r.rows], "data.train", []), d)
+        known_from = "data.labels" if d.labels else "the train data"
+        for records, fmt in sources:
+            labels.use_names(records, fmt, names, bool(d.labels), known_from)
+    return [(formats.to_dataset(records, fmt, d.loss_on), _locations(records)) for records, fmt in sources], names
+
+
 def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
     d: DataConfig = recipe.data
     if d.format not in allowed_formats:
@@ -65,32 +92,25 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
         if getattr(d, key) and d.format not in applies:
             raise UserError(f"{recipe.origin('data.' + key)}: data.{key} applies to {' and '.join(applies)} data only; "
                             f"this recipe's data.format is {d.format!r}")
-    train_records = _read(d.train, d, d.format, d.max_train_samples)
-    names = None
-    if d.format in labels.LABELLED:
-        names = labels.label_names(train_records, d)
-        known_from = "data.labels" if d.labels else "the train data"
-        labels.use_names(train_records, d.format, names, bool(d.labels), known_from)
-    train, train_where = formats.to_dataset(train_records, d.format, d.loss_on), _locations(train_records)
+    parts, names = _read_train(recipe, allowed_formats)
+    report = {}
+    if not isinstance(d.train, str):
+        (train, train_where), held_out, report["mixture"] = mixture.draw(recipe, parts)
+    elif d.eval:
+        (train, train_where), held_out = parts[0], None
+    else:
+        (train, train_where), held_out = mixture.hold_out(parts[0], recipe, d.train)
     if d.eval:
         # A recipe's built-in eval set stays when only data.train and data.format are overridden.
         way_out = (f"; it is data.eval ({recipe.origin('data.eval')}): give data.eval=FILE in the {d.format!r} "
                    f"format, or data.eval=null to hold out data.eval_fraction ({d.eval_fraction:g}) of the train data")
-        eval_ds, eval_where = _load(d.eval, d, None, names, f"the train data ({d.train})", way_out)
+        eval_ds, eval_where = _load(d.eval, d, None, names, f"the train data ({', '.join(train_sources(d))})", way_out)
     else:
-        if not 0 < d.eval_fraction < 1:
-            raise UserError(f"{recipe.origin('data.eval_fraction')}: with no data.eval, data.eval_fraction must be "
-                            f"between 0 and 1 (got {d.eval_fraction})")
-        if len(train) < 2:
-            raise UserError(f"{d.train}: {len(train)} record is too few to hold out an eval split; give data.eval")
-        parts = train.add_column("_row", range(len(train))).train_test_split(test_size=d.eval_fraction, seed=d.seed)
-        eval_where = [train_where[row] for row in parts["test"]["_row"]]
-        train_where = [train_where[row] for row in parts["train"]["_row"]]
-        train, eval_ds = parts["train"].remove_columns("_row"), parts["test"].remove_columns("_row")
+        eval_ds, eval_where = held_out
     if d.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(d.max_eval_samples, len(eval_ds))))
         eval_where = eval_where[:len(eval_ds)]
-    return Splits(train, eval_ds, {"train_records": len(train), "eval_records": len(eval_ds)}, names,
+    return Splits(train, eval_ds, {"train_records": len(train), "eval_records": len(eval_ds), **report}, names,
                   {"train": train_where, "eval": eval_where})
 
 
