@@ -21,15 +21,16 @@ RECIPES = REPO / "recipes" / "qwen2"
 # Enough steps for the loss to fall, few enough for seconds on a CPU.
 QUICK_PRETRAIN = ["train.max_steps=60", "train.save_strategy=no"]
 QUICK_T5_PRETRAIN = ["train.max_steps=40", "train.save_strategy=no"]
+QUICK_CLIP_PRETRAIN = ["train.max_steps=40", "train.save_strategy=no"]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def embedded_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("tunelab-cache")
     os.environ["TUNELAB_CACHE"] = str(cache)
-    from tunelab import models
+    from tunelab import checkpoints
 
-    models.build_embedded(QUICK_PRETRAIN)
+    checkpoints.build_embedded(QUICK_PRETRAIN)
     return cache
 
 
@@ -45,9 +46,17 @@ def tunelab(*args: str, check: bool = True, env: dict | None = None) -> subproce
 @pytest.fixture(scope="session")
 def t5_default():
     """The embedded T5 built the real way (child process, cache, lock), with few pretraining steps."""
-    from tunelab import models
+    from tunelab import checkpoints
 
-    return models.build_embedded(QUICK_T5_PRETRAIN, name=models.EMBEDDED_T5).parent
+    return checkpoints.build_embedded(QUICK_T5_PRETRAIN, name=checkpoints.EMBEDDED_T5).parent
+
+
+@pytest.fixture(scope="session")
+def clip_default():
+    """The embedded CLIP built the real way (child process, cache, lock), with few training steps."""
+    from tunelab import checkpoints
+
+    return checkpoints.build_embedded(QUICK_CLIP_PRETRAIN, name=checkpoints.EMBEDDED_CLIP).parent
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -80,6 +89,6 @@ def sft_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, dequantized from its GGUF file into the session's cache (once)."""
-    from tunelab import models
+    from tunelab import checkpoints
 
-    return Path(models.resolve(models.EMBEDDED_SMOLLM2))
+    return Path(checkpoints.resolve(checkpoints.EMBEDDED_SMOLLM2))

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from conftest import RECIPES, tunelab
-from test_errors import assert_user_error
+from conftest import RECIPES
+from test_errors import assert_user_error, cli
 
 pytestmark = pytest.mark.unit
 SFT = str(RECIPES / "sft_lora.yaml")
@@ -19,10 +19,10 @@ ALPACA = [{"instruction": f"Say {w}.", "input": "", "output": w} for w in ("cafÃ
 
 # ---------------------------------------------------------------- 1, 2: encodings
 
-def test_latin1_jsonl_names_line_byte_and_fix(tmp_path):
+def test_latin1_jsonl_names_line_byte_and_fix(capsys, tmp_path):
     bad = tmp_path / "latin.jsonl"
     bad.write_bytes(b'{"text": "tea"}\n{"text": "caf\xe9"}\n')
-    assert_user_error(tunelab("validate", SFT, f"data.train={bad}", "data.format=text", "data.eval=null", check=False),
+    assert_user_error(cli(capsys, "validate", SFT, f"data.train={bad}", "data.format=text", "data.eval=null"),
                       r"latin\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\); save it as UTF-8, e\.g\. "
                       r"iconv -f latin1 -t utf-8 \S*latin\.jsonl > \S*latin\.utf8\.jsonl")
 
@@ -73,25 +73,25 @@ def test_a_bom_is_dropped_and_line_endings_kept_as_before(tmp_path, name, data, 
     assert (records.rows, records.lines) == (rows, lines)
 
 
-def test_excel_csv_with_a_bom_validates(tmp_path):
+def test_excel_csv_with_a_bom_validates(capsys, tmp_path):
     """Excel's "CSV UTF-8" starts with a BOM; it used to become part of the first column's name."""
     data = tmp_path / "excel.csv"
     lines = ["instruction,input,output", *(f"{r['instruction']},,{r['output']}" for r in ALPACA)]
     data.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
-    result = tunelab("validate", SFT, f"data.train={data}", "data.format=alpaca", "data.eval=null")
+    result = cli(capsys, "validate", SFT, f"data.train={data}", "data.format=alpaca", "data.eval=null")
     assert "3 train / 1 eval records" in result.stdout, result.stdout
 
 
 # ---------------------------------------------------------------- 3, 4: trainer arguments, before staging
 
-def test_learning_rate_the_optimizer_refuses(tmp_path):
+def test_learning_rate_the_optimizer_refuses(capsys, tmp_path):
     recipe = tmp_path / "sft.yaml"
     text, n = re.subn(r"(?m)^  learning_rate: .*$", "  learning_rate: -1", (RECIPES / "sft_lora.yaml").read_text())
     assert n == 1
     recipe.write_text(text)
     line = text.splitlines().index("  learning_rate: -1") + 1
     out = tmp_path / "run"
-    assert_user_error(tunelab("train", str(recipe), "--output-dir", str(out), *QUICK, check=False),
+    assert_user_error(cli(capsys, "train", str(recipe), "--output-dir", str(out), *QUICK),
                       rf"sft\.yaml:{line}: train\.learning_rate = -1: the optimizer \(AdamW\) refuses it: "
                       r"Invalid learning rate", out)
 
@@ -99,7 +99,7 @@ def test_learning_rate_the_optimizer_refuses(tmp_path):
 def test_the_key_to_blame_is_found_among_several(tmp_path):
     from tunelab.config import load_recipe
     from tunelab.errors import UserError
-    from tunelab.recipes import causal_lm
+    from tunelab.families import causal_lm
 
     recipe = load_recipe(SFT, ["train.adam_beta2=1.5", "train.weight_decay=0.1"])
     with pytest.raises(UserError, match=r"^override 'train\.adam_beta2=1\.5': train\.adam_beta2 = 1\.5: the optimizer "
@@ -110,9 +110,9 @@ def test_the_key_to_blame_is_found_among_several(tmp_path):
 
 @pytest.mark.parametrize("steps", [["train.max_steps=0", "train.num_train_epochs=0"],
                                    ["train.num_train_epochs=-1"]])
-def test_nothing_to_train(tmp_path, steps):
+def test_nothing_to_train(capsys, tmp_path, steps):
     out = tmp_path / "run"
-    assert_user_error(tunelab("train", SFT, "--output-dir", str(out), "eval.max_samples=4", *steps, check=False),
+    assert_user_error(cli(capsys, "train", SFT, "--output-dir", str(out), "eval.max_samples=4", *steps),
                       r"override 'train\.num_train_epochs=-?[01]': nothing to train .* train\.max_steps to a number "
                       r"of optimizer steps > 0, or train\.num_train_epochs", out)
 
@@ -124,12 +124,12 @@ def _snapshot(run):
             if p.is_file()}
 
 
-def test_resume_of_a_finished_run_leaves_it_untouched(tmp_path, sft_run):
+def test_resume_of_a_finished_run_leaves_it_untouched(capsys, tmp_path, sft_run):
     run = tmp_path / "run"
     shutil.copytree(sft_run, run)
     before = _snapshot(run)
     assert "metrics.json" in before
-    result = tunelab("train", SFT, "--output-dir", str(run), "--resume", *QUICK, check=False)
+    result = cli(capsys, "train", SFT, "--output-dir", str(run), "--resume", *QUICK)
     assert_user_error(result, rf"{re.escape(str(run))}: this run is complete .* nothing to resume; .*"
                               rf"model\.name_or_path={re.escape(str(run))} .*--overwrite")
     assert _snapshot(run) == before
@@ -152,12 +152,12 @@ def test_resume_refuses_a_directory_that_is_not_an_interrupted_run(tmp_path):
 
 # ---------------------------------------------------------------- 6: the recipe's eval set in another format
 
-def test_builtin_eval_set_in_another_format_says_how_to_go_on(tmp_path):
+def test_builtin_eval_set_in_another_format_says_how_to_go_on(capsys, tmp_path):
     data = tmp_path / "my_alpaca.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA), encoding="utf-8")
     args = ["validate", SFT, f"data.train={data}", "data.format=alpaca"]
-    assert_user_error(tunelab(*args, check=False),
+    assert_user_error(cli(capsys, *args),
                       r"builtin:sft_eval: this built-in set is in the 'messages' format, but data\.format is "
                       r"'alpaca'; it is data\.eval \(\S*sft_lora\.yaml:\d+\): give data\.eval=FILE in the 'alpaca' "
                       r"format, or data\.eval=null to hold out data\.eval_fraction")
-    assert "3 train / 1 eval records" in tunelab(*args, "data.eval=null").stdout
+    assert "3 train / 1 eval records" in cli(capsys, *args, "data.eval=null").stdout

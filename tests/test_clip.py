@@ -15,17 +15,8 @@ from tunelab.cli import main
 from tunelab.data.images import write_builtin
 
 CLIP = REPO / "recipes" / "clip"
-QUICK_CLIP_PRETRAIN = ["train.max_steps=40", "train.save_strategy=no"]
 QUICK = ["train.max_steps=4", "train.logging_steps=1", "train.save_strategy=no", "data.max_train_samples=128",
          "eval.max_samples=40", "train.per_device_train_batch_size=32"]
-
-
-@pytest.fixture(scope="session")
-def clip_default():
-    """The embedded CLIP built the real way (child process, cache, lock), with few training steps."""
-    from tunelab import models
-
-    return models.build_embedded(QUICK_CLIP_PRETRAIN, name=models.EMBEDDED_CLIP).parent
 
 
 def train(out, recipe: str, *overrides: str) -> dict:
@@ -116,7 +107,7 @@ def test_eval_baseline_predict_and_merge_on_a_saved_run(capsys, lora_run, tmp_pa
     assert code == 0, err
     from transformers import CLIPModel
 
-    from tunelab.recipes.clip import load_run
+    from tunelab.families.clip import load_run
 
     model, _, _ = load_run(lora_run)
     pixels = torch.rand(2, 3, 48, 48)

@@ -5,7 +5,7 @@ from trl import SFTConfig
 
 from tunelab.config import load_recipe, trainer_args
 from tunelab.errors import UserError
-from tunelab.models import RECIPES_DIR
+from tunelab import shipped
 
 pytestmark = pytest.mark.unit
 
@@ -73,22 +73,29 @@ def test_invalid_yaml_reports_line(tmp_path):
 
 
 def test_every_shipped_recipe_parses():
-    recipes = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.parent.name != "accelerate")
-    assert len(recipes) >= 32
-    for path in recipes:
-        recipe = load_recipe(path)
-        assert recipe.description, f"{path} has no description for `tunelab recipes`"
+    names = shipped.names()
+    assert len(names) >= 37 and "qwen2/sft_lora" in names and not any(n.startswith("accelerate/") for n in names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.description, f"{name} has no description for `tunelab recipes`"
 
 
-def test_every_shipped_recipe_validates(capsys):
-    """Schema, trainer arguments, data and method checks for every recipe, hub ones included (offline)."""
+def test_every_shipped_recipe_validates_without_a_deprecation_warning(capsys, smollm2_dir):
+    """Schema, trainer arguments, trackers, data and method checks for every shipped recipe, by name, hub ones
+    included (offline: their model and data are named, not fetched). A deprecated trainer argument (transformers
+    warns with FutureWarning, e.g. gradient_checkpointing) or any other deprecation fails it."""
+    import warnings
+
     from tunelab.cli import main
 
-    recipes = sorted(p for family in ("qwen2", "bert", "t5", "clip") for p in (RECIPES_DIR / family).glob("*.yaml"))
-    assert any("bert-base-chinese" in p.name for p in recipes) and any("flan-t5" in p.name for p in recipes)
-    assert any("clip-vit-base-patch32" in p.name for p in recipes)
-    for path in recipes:
-        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    names = shipped.names()
+    assert any("bert-base-chinese" in n for n in names) and any("flan-t5" in n for n in names)
+    assert any("clip-vit-base-patch32" in n for n in names) and any(n.startswith("smollm2/") for n in names)
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            assert main(["validate", name]) == 0, f"{name}: {capsys.readouterr().err}"
 
 
 def test_a_finished_runs_recipe_is_not_held_to_checks_added_since(tmp_path):

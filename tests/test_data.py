@@ -95,11 +95,11 @@ def test_preference_pairs_reject_a_plausible_mistake():
 
 def test_embedded_cache_is_named_by_its_recipe(tmp_path, monkeypatch):
     """Editing the pretrain recipe must not reuse a default built from the old one."""
-    from tunelab import models
+    from tunelab import checkpoints
 
-    before = models.embedded_run_dir()
-    assert before == models.embedded_run_dir()  # deterministic
+    before = checkpoints.embedded_run_dir()
+    assert before == checkpoints.embedded_run_dir()  # deterministic
     edited = tmp_path / "pretrain_tiny.yaml"
-    edited.write_text(models.EMBEDDED_RECIPES[models.EMBEDDED_QWEN2].read_text().replace("hidden_size: 128", "hidden_size: 96"))
-    monkeypatch.setitem(models.EMBEDDED_RECIPES, models.EMBEDDED_QWEN2, edited)
-    assert models.embedded_run_dir() != before
+    edited.write_text(checkpoints.EMBEDDED_RECIPES[checkpoints.EMBEDDED_QWEN2].read_text().replace("hidden_size: 128", "hidden_size: 96"))
+    monkeypatch.setitem(checkpoints.EMBEDDED_RECIPES, checkpoints.EMBEDDED_QWEN2, edited)
+    assert checkpoints.embedded_run_dir() != before

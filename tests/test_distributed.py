@@ -96,7 +96,7 @@ def test_the_distributed_run_saves_one_complete_adapter_equal_to_the_trained_mod
     PeftModel.from_pretrained (through tunelab's loader) gives the same logits as that run's model. A missing
     or untrained tensor (a save before the last step, a write race between ranks) would change the logits: the
     base model's differ from the trained one's by far more than the tolerance."""
-    from tunelab import models
+    from tunelab.families import causal_lm
 
     ddp_weights = load_file(ddp_run[0] / "adapter" / "adapter_model.safetensors")
     single_weights = load_file(single_run / "adapter" / "adapter_model.safetensors")
@@ -104,8 +104,8 @@ def test_the_distributed_run_saves_one_complete_adapter_equal_to_the_trained_mod
     for name, tensor in single_weights.items():
         torch.testing.assert_close(ddp_weights[name], tensor, rtol=1e-3, atol=1e-5)
 
-    (ddp_model, tokenizer), (single_model, _) = models.load_run(ddp_run[0]), models.load_run(single_run)
-    base, _ = models.base_model_of(single_run)
+    (ddp_model, tokenizer), (single_model, _) = causal_lm.load_run(ddp_run[0]), causal_lm.load_run(single_run)
+    base, _ = causal_lm.base_model_of(single_run)
     inputs = tokenizer(["What is 3 plus 4?", "What is 2 plus 5?"], return_tensors="pt", padding=True)
     with torch.no_grad():
         ddp_logits, single_logits, base_logits = (m.eval()(**inputs).logits for m in (ddp_model, single_model, base))

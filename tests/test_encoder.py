@@ -43,8 +43,8 @@ def tag_run(tmp_path_factory):
 def test_first_subtoken_carries_the_word_tag():
     from transformers import AutoTokenizer
 
-    from tunelab.models import resolve
-    from tunelab.recipes.encoder import IGNORE, align_tags
+    from tunelab.checkpoints import resolve
+    from tunelab.data.encoder_inputs import IGNORE, align_tags
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:all-minilm-l6-v2"))
     enc = tokenizer(["Ship", "to", "Schwarzenegger", "Boulevard"], is_split_into_words=True)
@@ -100,7 +100,7 @@ def test_label_sets_from_names_ids_and_tags(tmp_path):
 @pytest.mark.recipe
 @pytest.mark.parametrize("recipe", ["classify_full", "classify_prefix", "classify_prompt", "pair_lora", "tag_full"])
 def test_recipe_trains_and_saves_a_loadable_run(tmp_path, recipe):
-    from tunelab.recipes.encoder import load_run
+    from tunelab.families.encoder import load_run
 
     out = tmp_path / recipe
     metrics = train(out, recipe)
@@ -170,7 +170,7 @@ def test_predict_prints_labels_and_spans(capsys, classify_run, tag_run):
 def test_merged_lora_run_predicts_the_same(tmp_path, classify_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.recipes.encoder import load_run
+    from tunelab.families.encoder import load_run
 
     merged = tmp_path / "merged"
     assert main(["merge", str(classify_run), str(merged)]) == 0

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from conftest import tunelab
-from tunelab import models
+from tunelab import checkpoints
+from tunelab.families import causal_lm
 from tunelab.evaluation.perplexity import loss_tokens, perplexity
 
 pytestmark = pytest.mark.recipe
 
 
 def test_perplexity_is_token_weighted_not_a_mean_of_batch_means(sft_run):
-    model, tokenizer = models.load_run(sft_run)
+    model, tokenizer = causal_lm.load_run(sft_run)
     short = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi."}]}
     long = {"messages": [{"role": "user", "content": "What is 2 plus 3?"},
                          {"role": "assistant", "content": "2 plus 3 is 5. 2 plus 3 is 5. 2 plus 3 is 5."}]}
@@ -68,8 +69,8 @@ def test_chat_keeps_history(sft_run):
 def test_merged_model_matches_the_adapter_model(sft_run, tmp_path):
     out = tmp_path / "merged"
     tunelab("merge", str(sft_run), str(out))
-    adapter_model, tokenizer = models.load_run(sft_run)
-    merged, _ = models.load_causal_lm(models.ModelConfig(name_or_path=str(out)))
+    adapter_model, tokenizer = causal_lm.load_run(sft_run)
+    merged, _ = causal_lm.load_model(checkpoints.ModelConfig(name_or_path=str(out)))
     ids = tokenizer(["What is 3 plus 4?", "1 plus 1 is 2."], return_tensors="pt", padding=True)
     with torch.no_grad():
         a = adapter_model(**ids).logits
@@ -83,8 +84,8 @@ def test_a_run_pins_the_embedded_build_it_started_from(sft_run):
     """An adapter must never be loaded onto a default rebuilt from a changed pretrain recipe or data."""
     from tunelab.errors import UserError
 
-    recorded = models.run_recipe(sft_run).model.name_or_path
-    assert recorded == models.pinned(models.EMBEDDED_QWEN2) and recorded.startswith("embedded:tiny-qwen2@")
-    assert models.resolve(recorded) == models.resolve(models.EMBEDDED_QWEN2)
+    recorded = checkpoints.run_recipe(sft_run).model.name_or_path
+    assert recorded == checkpoints.pinned(checkpoints.EMBEDDED_QWEN2) and recorded.startswith("embedded:tiny-qwen2@")
+    assert checkpoints.resolve(recorded) == checkpoints.resolve(checkpoints.EMBEDDED_QWEN2)
     with pytest.raises(UserError, match=r"trained on an earlier build of embedded:tiny-qwen2"):
-        models.resolve("embedded:tiny-qwen2@000000000000")
+        checkpoints.resolve("embedded:tiny-qwen2@000000000000")

@@ -6,7 +6,8 @@ import pytest
 from trl import SFTConfig, SFTTrainer
 
 from chat_templates import ENGLISH
-from tunelab import models
+from tunelab import checkpoints
+from tunelab.families import causal_lm
 from tunelab.config import ModelConfig
 from tunelab.data.chat import IM_END
 from tunelab.evaluation.perplexity import loss_tokens
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    return models.load_causal_lm(ModelConfig(name_or_path=models.EMBEDDED_QWEN2))
+    return causal_lm.load_model(ModelConfig(name_or_path=checkpoints.EMBEDDED_QWEN2))
 
 
 def test_last_assistant_turn_only(model_and_tokenizer, tmp_path):

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import RECIPES
-from tunelab import models
+from tunelab import checkpoints
+from tunelab.families import causal_lm
 from tunelab.cli import main
 
 pytestmark = pytest.mark.recipe
@@ -31,7 +32,7 @@ def test_recipe_trains_and_saves_a_loadable_result(tmp_path, name):
         weights = load_file(out / "adapter" / "adapter_model.safetensors")
         if "lora" in name:  # LoRA's B starts at zero, so any non-zero B was trained
             assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
-    model, tokenizer = models.load_run(out)  # loads back as a working model
+    model, tokenizer = causal_lm.load_run(out)  # loads back as a working model
     ids = tokenizer("1 plus 2 is", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
@@ -40,9 +41,9 @@ def test_recipe_trains_and_saves_a_loadable_result(tmp_path, name):
 def test_prompt_tuning_changes_the_soft_prompt(tmp_path):
     out = tmp_path / "prompt"
     assert main(["train", str(RECIPES / "sft_prompt.yaml"), "--output-dir", str(out), *QUICK]) == 0
-    model, tokenizer = models.load_run(out)
+    model, tokenizer = causal_lm.load_run(out)
     trained = model.prompt_encoder["default"].embedding.weight
-    init_ids = tokenizer(models.run_recipe(out).adapter.prompt_init_text, add_special_tokens=False).input_ids
+    init_ids = tokenizer(checkpoints.run_recipe(out).adapter.prompt_init_text, add_special_tokens=False).input_ids
     initial = model.get_base_model().get_input_embeddings().weight[torch.tensor(init_ids)]
     n = min(len(init_ids), trained.shape[0])
     assert not torch.allclose(trained[:n], initial[:n])

@@ -45,7 +45,7 @@ def test_span_corruption_pretraining_builds_a_t5_with_sentinels(t5_default):
 @pytest.mark.parametrize("recipe", ["summarize_prefix", "summarize_prompt", "summarize_full", "multitask_lora",
                                     "summarize_zh_lora"])
 def test_recipe_trains_and_saves_a_loadable_run(t5_default, tmp_path, recipe):
-    from tunelab.recipes.seq2seq import load_run
+    from tunelab.families.seq2seq import load_run
 
     out = tmp_path / recipe
     metrics = train(out, recipe)
@@ -73,7 +73,7 @@ def test_lora_summarization_beats_the_base_model(capsys, lora_run):
 @pytest.mark.recipe
 def test_generate_with_beam_search(capsys, lora_run):
     """The CLI's beam settings reach model.generate: its output equals a direct call with the same settings."""
-    from tunelab.recipes.seq2seq import load_run
+    from tunelab.families.seq2seq import load_run
 
     report = "Sales at the Boston store rose from 120 to 150 units in March."
     code, out, _ = run_cli(capsys, "generate", lora_run, "--prompt", report, "--num-beams", "3",
@@ -116,7 +116,7 @@ def test_bad_seq2seq_input_is_one_line_and_exit_2(capsys, tmp_path):
                       "eval.generate.length_penalty=2.0")
     assert_user_error(r"data\.mix\[0\] has the same prefix as another task", "train", recipe, "--output-dir", out,
                       "data.mix=[{train: builtin:rewrites_train, prefix: 'summarize: '}]")
-    assert_user_error(r"data\.mix\[0\]\.train = 5 should be a string", "train", recipe, "--output-dir", out,
+    assert_user_error(r"data\.mix\[0\]\.train = 5 should be str", "train", recipe, "--output-dir", out,
                       "data.mix=[{train: 5}]")
     assert_user_error(r"unknown key 'data\.mix\[0\]\.prefx' \(did you mean 'prefix'", "train", recipe,
                       "--output-dir", out, "data.mix=[{train: builtin:rewrites_train, prefx: 'p: '}]")

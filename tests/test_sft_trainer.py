@@ -9,8 +9,8 @@ from conftest import RECIPES
 
 from tunelab import adapters
 from tunelab.config import load_recipe
-from tunelab.recipes import causal_lm
-from tunelab.recipes.sft_trainer import SFTTrainerLabelPositions
+from tunelab.families import causal_lm
+from tunelab.families.sft_trainer import SFTTrainerLabelPositions
 
 pytestmark = pytest.mark.recipe
 

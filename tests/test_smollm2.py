@@ -12,7 +12,8 @@ import transformers
 
 from conftest import REPO, assert_user_error
 
-from tunelab import gguf, models, precision
+from tunelab import checkpoints, gguf, precision
+from tunelab.families import causal_lm
 from tunelab.cli import main
 from tunelab.config import GenerateConfig, ModelConfig, load_recipe
 from tunelab.evaluation.generation import generate
@@ -20,9 +21,9 @@ from tunelab.evaluation.generation import generate
 pytestmark = pytest.mark.recipe
 SMOLLM2 = REPO / "recipes" / "smollm2"
 # Three steps on the same 8 records (one batch), at full learning rate from the first step: the loss on them
-# must fall. Two records scored: enough to show the run is evaluated.
-QUICK = ["train.max_steps=3", "train.warmup_steps=0", "data.max_train_samples=8", "train.logging_steps=1",
-         "train.save_strategy=no", "eval.max_samples=2", "eval.generate.max_new_tokens=16"]
+# must fall. Two records scored (four pairs for DPO's reward metrics): enough to show the run is evaluated.
+QUICK = ["train.max_steps=3", "train.warmup_steps=0", "data.max_train_samples=8", "data.max_eval_samples=4",
+         "train.logging_steps=1", "train.save_strategy=no", "eval.max_samples=2", "eval.generate.max_new_tokens=16"]
 
 
 def test_the_embedded_model_is_the_real_smollm2_with_its_own_template(smollm2_dir):
@@ -31,11 +32,11 @@ def test_the_embedded_model_is_the_real_smollm2_with_its_own_template(smollm2_di
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and config["hidden_size"] == 576
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
     assert "You are a helpful AI assistant named SmolLM" in tokenizer.chat_template  # its default system prompt
-    assert models.parameter_count(ModelConfig(name_or_path=models.EMBEDDED_SMOLLM2)) == 134_515_008
+    assert checkpoints.parameter_count(ModelConfig(name_or_path=checkpoints.EMBEDDED_SMOLLM2)) == 134_515_008
 
 
 def test_the_real_model_answers_a_question(smollm2_dir):
-    model, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(smollm2_dir)))
+    model, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(smollm2_dir)))
     (reply,) = generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
                         GenerateConfig(max_new_tokens=16))
     assert "Paris" in reply
@@ -47,9 +48,9 @@ def test_a_gguf_path_loads_through_the_same_dequantized_folder(smollm2_dir):
     shipped = gguf.smollm2_file()
     recipe = load_recipe(SMOLLM2 / "sft_lora.yaml", [f"model.name_or_path={shipped}"])
     assert (recipe.model.name_or_path, recipe.model.gguf_file) == (str(shipped.parent), shipped.name)
-    assert models.model_path(recipe.model) == str(smollm2_dir)
+    assert checkpoints.model_path(recipe.model) == str(smollm2_dir)
     split = ModelConfig(name_or_path=str(shipped.parent), gguf_file=shipped.name)
-    assert models.model_path(split) == str(smollm2_dir)
+    assert checkpoints.model_path(split) == str(smollm2_dir)
 
 
 def test_gguf_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
@@ -106,7 +107,7 @@ def test_bf16_autocast_follows_the_float32_loss_curve(sft_smollm2, tmp_path):
 
 def test_the_real_run_merges_to_the_adapters_logits(sft_smollm2, tmp_path):
     assert main(["merge", str(sft_smollm2), str(tmp_path / "merged")]) == 0
-    adapted, tokenizer = models.load_run(sft_smollm2)
+    adapted, tokenizer = causal_lm.load_run(sft_smollm2)
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     ids = tokenizer("Extract the person's name: Ana Silva, 31, nurse in Lisbon.", return_tensors="pt").input_ids
     with torch.no_grad():

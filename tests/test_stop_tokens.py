@@ -9,7 +9,8 @@ import transformers
 
 from chat_templates import tiny_copy
 from conftest import RECIPES, run_cli
-from tunelab import models
+from tunelab import checkpoints
+from tunelab.families import causal_lm
 from tunelab.config import GenerateConfig
 from tunelab.evaluation.generation import generate
 
@@ -22,7 +23,7 @@ MAX_NEW = 40
 def pad_is_eos_run(tmp_path_factory, embedded_cache):
     """A LoRA SFT run on a copy of the tiny default with SmolLM2's template and pad = eos = <|im_end|>."""
     root = tmp_path_factory.mktemp("stops")
-    copy = tiny_copy(models.resolve(models.EMBEDDED_QWEN2), "smollm2-chatml", root / "base")
+    copy = tiny_copy(checkpoints.resolve(checkpoints.EMBEDDED_QWEN2), "smollm2-chatml", root / "base")
     tokenizer = transformers.AutoTokenizer.from_pretrained(copy)
     tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
     tokenizer.save_pretrained(copy)
@@ -42,7 +43,7 @@ def new_tokens(model, tokenizer, **kwargs) -> list[int]:
 
 
 def test_the_run_saves_its_end_of_turn_and_generate_stops_there(pad_is_eos_run):
-    model, tokenizer = models.load_run(pad_is_eos_run)
+    model, tokenizer = causal_lm.load_run(pad_is_eos_run)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert tokenizer.pad_token_id == im_end
     saved = json.loads((pad_is_eos_run / "adapter" / "generation_config.json").read_text())

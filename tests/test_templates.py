@@ -14,11 +14,12 @@ from trl import SFTConfig, SFTTrainer
 
 from chat_templates import CHINESE, ENGLISH, TEMPLATES, tiny_copy
 from conftest import RECIPES, assert_user_error, run_cli
-from tunelab import models
+from tunelab import checkpoints
+from tunelab.families import causal_lm
 from tunelab.config import ModelConfig
 from tunelab.data.chat import end_of_turn_ids
 from tunelab.evaluation.perplexity import loss_tokens, perplexity
-from tunelab.recipes.causal_lm import for_trainer, tokenize_conversations
+from tunelab.families.causal_lm import for_trainer, tokenize_conversations
 
 SFT = RECIPES / "sft_lora.yaml"
 # Qwen3's template (TRL's training version) renders an empty thinking block in every reply: it is what
@@ -28,7 +29,7 @@ REPLY_PREFIX = {"qwen3": "<think>\n\n</think>\n\n"}
 
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory, embedded_cache):
-    base = models.resolve(models.EMBEDDED_QWEN2)
+    base = checkpoints.resolve(checkpoints.EMBEDDED_QWEN2)
     root = tmp_path_factory.mktemp("templates")
     return {name: tiny_copy(base, name, root / name) for name in TEMPLATES}
 
@@ -52,7 +53,7 @@ def trl_labels(model, tokenizer, ds, tmp_path, **args) -> list[int]:
 @pytest.mark.parametrize("language", ["english", "chinese"])
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_trained_tokens_are_the_replies_and_evaluation_scores_them(copies, tmp_path, name, language):
-    model, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies[name])))
+    model, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies[name])))
     messages = conversation(name, language)
     ds = tokenize_conversations(datasets.Dataset.from_list([{"messages": messages}]), tokenizer, "assistant",
                                 ["test:1"], name)
@@ -79,7 +80,7 @@ def test_templates_trl_knows_train_what_trl_itself_would(copies, tmp_path, name)
     messages = conversation(name, "english")
     theirs = trl_labels(model, raw, datasets.Dataset.from_list([{"messages": messages}]), tmp_path,
                         assistant_only_loss=True)
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies[name])))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies[name])))
     ids, mask = loss_tokens(tokenizer, {"messages": messages}, max_length=512)
     ours = [i for i, m in zip(ids, mask) if m]
     assert ours
@@ -96,7 +97,7 @@ def test_templates_trl_knows_train_what_trl_itself_would(copies, tmp_path, name)
 @pytest.mark.unit
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_generation_stops_at_the_templates_end_of_turn(copies, name):
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies[name])))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies[name])))
     turn_end = tokenizer.convert_tokens_to_ids(TEMPLATES[name][3])
     assert end_of_turn_ids(tokenizer)[0] == turn_end
 
@@ -111,7 +112,7 @@ def test_a_base_model_given_chatml_ends_turns_with_im_end(copies, tmp_path):
     tokenizer.eos_token = "<|endoftext|>"
     tokenizer.save_pretrained(base)
     transformers.AutoModelForCausalLM.from_pretrained(copies["unseen"]).save_pretrained(base)
-    _, loaded = models.load_causal_lm(ModelConfig(name_or_path=str(base)))
+    _, loaded = causal_lm.load_model(ModelConfig(name_or_path=str(base)))
     assert loaded.tunelab_chat_template == "chatml"
     assert loaded.convert_ids_to_tokens(end_of_turn_ids(loaded)) == ["<|im_end|>", "<|endoftext|>"]
 
@@ -120,9 +121,9 @@ def test_a_base_model_given_chatml_ends_turns_with_im_end(copies, tmp_path):
 def test_a_template_file_or_a_template_trl_keeps_is_used(copies, tmp_path):
     path = tmp_path / "mine.jinja"
     path.write_text(TEMPLATES["unseen"][0], encoding="utf-8")
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["qwen2.5"]), chat_template=str(path)))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies["qwen2.5"]), chat_template=str(path)))
     assert tokenizer.tunelab_chat_template.startswith("file ") and tokenizer.chat_template == TEMPLATES["unseen"][0]
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["unseen"]), chat_template="qwen2_5"))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies["unseen"]), chat_template="qwen2_5"))
     # the tokenizer keeps the template verbatim (what a saved run carries); training marks it with TRL's version
     assert tokenizer.chat_template == TEMPLATES["qwen2.5"][0]
     assert tokenizer.tunelab_chat_template == "qwen2_5 (TRL's copy), marked as TRL's training version of it"
@@ -135,12 +136,12 @@ def test_tool_messages_need_a_template_that_renders_them(copies):
     messages = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "Calling it."},
                 {"role": "tool", "content": "sunny, 21 C"}, {"role": "assistant", "content": "Sunny, 21 C."}]
     ds = datasets.Dataset.from_list([{"messages": messages}])
-    _, chatml = models.load_causal_lm(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
+    _, chatml = causal_lm.load_model(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
     row = tokenize_conversations(ds, chatml, "assistant", ["chat.jsonl:1"], "smollm2")[0]
     ids, mask = row["input_ids"], row["assistant_masks"]
     assert "sunny, 21 C" in chatml.decode(ids)
     assert chatml.decode([i for i, m in zip(ids, mask) if m]) == "Calling it.<|im_end|>Sunny, 21 C.<|im_end|>"
-    _, phi3 = models.load_causal_lm(ModelConfig(name_or_path=str(copies["phi3"])))
+    _, phi3 = causal_lm.load_model(ModelConfig(name_or_path=str(copies["phi3"])))
     with pytest.raises(UserError, match=r"chat\.jsonl:1: the chat template of phi3 leaves tool messages "
                                         r"out"):
         tokenize_conversations(ds, phi3, "assistant", ["chat.jsonl:1"], "phi3")
@@ -219,7 +220,7 @@ def test_dpo_generate_and_merge_on_a_template(copies, tmp_path, capsys, name):
     code, _, err = run_cli(capsys, "merge", dpo, merged)
     assert code == 0, err
     saved = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
-    assert saved[0] == models.load_run(dpo)[1].convert_tokens_to_ids(TEMPLATES[name][3])
+    assert saved[0] == causal_lm.load_run(dpo)[1].convert_tokens_to_ids(TEMPLATES[name][3])
 
 
 @pytest.mark.unit
@@ -233,7 +234,7 @@ def test_a_thinking_models_reasoning_block_is_not_scored():
 
 @pytest.mark.unit
 def test_a_conversation_that_opens_with_a_reply_trains_the_reply_only(copies):
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies["smollm2-chatml"])))
     messages = [{"role": "assistant", "content": "Hello, how can I help?"}, *ENGLISH[1:3]]
     ids, mask = loss_tokens(tokenizer, {"messages": messages}, max_length=512)
     assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == \
@@ -242,7 +243,7 @@ def test_a_conversation_that_opens_with_a_reply_trains_the_reply_only(copies):
 
 @pytest.mark.unit
 def test_loss_on_all_scores_every_token_of_a_prompt_completion_record(copies):
-    _, tokenizer = models.load_causal_lm(ModelConfig(name_or_path=str(copies["qwen2.5"])))
+    _, tokenizer = causal_lm.load_model(ModelConfig(name_or_path=str(copies["qwen2.5"])))
     row = {"prompt": ENGLISH[:2], "completion": ENGLISH[2:3]}
     assert 0 in loss_tokens(tokenizer, row, 512)[1]
     assert set(loss_tokens(tokenizer, row, 512, loss_on="all")[1]) == {1}
@@ -259,5 +260,5 @@ def test_a_run_outlives_its_template_file(copies, tmp_path, capsys):
     path.unlink()
     code, _, err = run_cli(capsys, "eval", out, "--baseline", "--max-samples", "2")
     assert code == 0, err
-    base, tokenizer = models.base_model_of(out)
+    base, tokenizer = causal_lm.base_model_of(out)
     assert tokenizer.chat_template == TEMPLATES["unseen"][0]

@@ -14,7 +14,7 @@ from peft import (LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTun
                   PromptTuningInit, TaskType)
 
 from tunelab.config import Recipe
-from tunelab.models import tokenizer_location
+from tunelab.checkpoints import tokenizer_location
 from tunelab.errors import UserError
 
 PROMPT_LEARNING = ("prefix", "prompt", "ptuning")

@@ -21,13 +21,14 @@ this machine's own matmul speed, measured before the variants start, in the row'
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import peft
@@ -35,13 +36,13 @@ import torch
 import transformers
 import trl
 
-from tunelab import adapters, bench_processes, precision, rundir
+from tunelab import adapters, bench_processes, precision, rundir, shipped
 from tunelab.bench_processes import TRL_DEFAULT, TRL_SAME_HPARAMS, TUNELAB
 from tunelab.config import load_recipe
 from tunelab.config import split_overrides as split_targeted_overrides
 from tunelab.data.loading import load_splits
 from tunelab.errors import UserError
-from tunelab.recipes import causal_lm
+from tunelab.families import causal_lm
 
 ROUNDS = 4  # segments per variant: enough to interleave, few enough that a segment is several steps
 NOISY = 1.5  # a mean step this much above the median step says other work slowed some steps down
@@ -148,13 +149,13 @@ def _learning_rate_overrides(recipe_path: str, shared: list[str], variant: Varia
     return [f"train.learning_rate={rate}"], str(sibling)
 
 
-def plan(args, variants: list[Variant]) -> dict[str, tuple[list[str], str]]:
+def plan(request: BenchRequest, variants: list[Variant]) -> dict[str, tuple[list[str], str]]:
     """{name: (the variant's overrides, where its learning rate comes from)}. Later edits win: the sibling
     recipe's learning rate, the shared overrides, the variant's own, its `VARIANT:key=value` edits."""
-    shared, own = split_overrides(args.overrides, [v.name for v in variants])
+    shared, own = split_overrides(request.overrides, [v.name for v in variants])
     jobs = {}
     for v in variants:
-        rate, source = _learning_rate_overrides(args.recipe, shared, v)
+        rate, source = _learning_rate_overrides(request.recipe, shared, v)
         edits = [*shared, *v.overrides, *own[v.name]]
         if any(e.startswith("train.learning_rate=") for e in edits) and v.trainer != TRL_DEFAULT:
             source = "an override"
@@ -162,14 +163,14 @@ def plan(args, variants: list[Variant]) -> dict[str, tuple[list[str], str]]:
     return jobs
 
 
-def check_recipe(args, jobs: dict[str, tuple[list[str], str]], scratch: str) -> None:
+def check_recipe(request: BenchRequest, jobs: dict[str, tuple[list[str], str]], scratch: str) -> None:
     """Catch recipe, override and data mistakes here, as one UserError, before any process starts."""
-    base = load_recipe(args.recipe, split_overrides(args.overrides, list(jobs))[0])
+    base = load_recipe(request.recipe, split_overrides(request.overrides, list(jobs))[0])
     if base.recipe != "causal_lm.sft":
-        raise UserError(f"{args.recipe}: bench supports causal_lm sft recipes (this one is {base.recipe})")
+        raise UserError(f"{request.recipe}: bench supports causal_lm sft recipes (this one is {base.recipe})")
     load_splits(base, causal_lm.FORMATS["sft"])
     for overrides, _ in jobs.values():
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(request.recipe, overrides)
         adapters.check_method(recipe)
         causal_lm.build_args(recipe, "sft", Path(scratch))
 
@@ -193,49 +194,67 @@ def matmul_peak_gflops(cuda: bool) -> dict[str, float]:
     return peaks
 
 
-def run_bench(args) -> int:
+@dataclass
+class BenchRequest:
+    """What `tunelab bench` was asked for (cli.py has each option's help)."""
+    recipe: str  # a recipe file or a shipped recipe's name
+    overrides: list[str] = field(default_factory=list)
+    variants: str | None = None  # comma-separated; None: the default set for this machine
+    steps: int = 20
+    baseline: str = "trl-same-hparams"
+    eval_samples: int = 32
+    output_dir: str = "runs/bench"
+
+
+def run_bench(request: BenchRequest) -> dict:
+    """Train every variant in turns, write bench.json and bench.png, and return the report (summary() words it)."""
+    request = dataclasses.replace(request, recipe=str(shipped.resolve(request.recipe)))
     cuda = torch.cuda.is_available()
-    variants, skipped = select(args.variants, args.baseline, cuda)
-    jobs = plan(args, variants)
-    segment = math.ceil(args.steps / ROUNDS)
-    max_steps = 1 + args.steps  # one warm-up step, left out of the timing
+    variants, skipped = select(request.variants, request.baseline, cuda)
+    jobs = plan(request, variants)
+    segment = math.ceil(request.steps / ROUNDS)
+    max_steps = 1 + request.steps  # one warm-up step, left out of the timing
     pause_after = list(range(1 + segment, max_steps, segment))
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as scratch:
-        check_recipe(args, jobs, scratch)
+        check_recipe(request, jobs, scratch)
         load = os.getloadavg()[0]  # other work running now would slow the peak and every row down
         peaks = matmul_peak_gflops(cuda)  # before any variant's process starts, on a quiet machine
-        print(f"tunelab bench: {len(variants)} variants x {args.steps} steps (+1 warm-up), taking turns in "
+        print(f"tunelab bench: {len(variants)} variants x {request.steps} steps (+1 warm-up), taking turns in "
               f"segments of {segment} steps; matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s",
               file=sys.stderr, flush=True)
         results, failed = bench_processes.run_interleaved(
-            args.recipe, {v.name: (jobs[v.name][0], v.trainer) for v in variants}, max_steps, pause_after,
-            args.eval_samples, scratch)
-    rows = _rows(variants, jobs, results, args.baseline, peaks)
-    report = {"recipe": args.recipe, "overrides": args.overrides, "steps": args.steps, "segment_steps": segment,
-              "eval_samples": args.eval_samples, "baseline": args.baseline,
+            request.recipe, {v.name: (jobs[v.name][0], v.trainer) for v in variants}, max_steps, pause_after,
+            request.eval_samples, scratch)
+    rows = _rows(variants, jobs, results, request.baseline, peaks)
+    report = {"recipe": request.recipe, "overrides": request.overrides, "steps": request.steps,
+              "segment_steps": segment, "eval_samples": request.eval_samples, "baseline": request.baseline,
               "device": torch.cuda.get_device_name() if cuda else "cpu",
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "trl": trl.__version__, "peft": peft.__version__},
               "load_average_at_start": load, "cpu_count": os.cpu_count(), "matmul_peak_gflops": peaks,
               "flops": FLOPS_NOTE, "peak_memory": PEAK_MEMORY_NOTE,
               "rows": rows, "skipped": skipped, "failed": failed}
-    out = Path(args.output_dir)
+    out = Path(request.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "bench.json", report)
-    _plot(rows, args.baseline, out / "bench.png")
-    print(_table(rows, args.baseline, cuda, peaks))
-    for line in _after_table(rows, args.baseline):
-        print(line)
-    if not cuda and load >= (os.cpu_count() or 1):
-        print(f"busy: the load average was {load:.1f} on {os.cpu_count()} CPUs as the bench began: other work shared "
-              f"the machine, so the matmul peak and every row are slower than this machine can go (the ratios "
-              f"less so, as the rows took turns)")
-    for name, reason in skipped.items():
-        print(f"skipped {name}: {reason}")
-    for name, error in failed.items():
-        print(f"failed {name}: {error}")
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 1 if failed else 0
+    _plot(rows, request.baseline, out / "bench.png")
+    report["written"] = [str(out / "bench.json"), str(out / "bench.png")]
+    return report
+
+
+def summary(report: dict) -> list[str]:
+    """The table and what to read from it, for the terminal."""
+    rows, baseline, peaks = report["rows"], report["baseline"], report["matmul_peak_gflops"]
+    load, cpus = report["load_average_at_start"], report["cpu_count"] or 1
+    lines = [_table(rows, baseline, report["device"] != "cpu", peaks), *_after_table(rows, baseline)]
+    if report["device"] == "cpu" and load >= cpus:
+        lines.append(f"busy: the load average was {load:.1f} on {cpus} CPUs as the bench began: other work shared "
+                     f"the machine, so the matmul peak and every row are slower than this machine can go (the ratios "
+                     f"less so, as the rows took turns)")
+    lines += [f"skipped {name}: {reason}" for name, reason in report["skipped"].items()]
+    lines += [f"failed {name}: {error}" for name, error in report["failed"].items()]
+    lines.append(f"wrote {' and '.join(report['written'])}")
+    return lines
 
 
 def _rows(variants: list[Variant], jobs: dict, results: dict, baseline: str, peaks: dict[str, float]) -> list[dict]:

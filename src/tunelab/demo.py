@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunelab import models, rundir
+from tunelab import checkpoints, rundir
 from tunelab.cli import main as tunelab
 
 SFT_EVAL = "builtin:sft_eval"
@@ -25,17 +25,16 @@ def run(*argv: str) -> None:
 
 def run_demo(out: Path) -> None:
     started = time.time()
-    recipes = models.RECIPES_DIR / "qwen2"
     sft, dpo = out / "sft_lora", out / "dpo_lora"
 
-    print(f"embedded default: {models.embedded_run_dir()} (built now if missing)", flush=True)
-    models.build_embedded()
-    run("train", str(recipes / "sft_lora.yaml"), "--output-dir", str(sft), "--overwrite")
+    print(f"embedded default: {checkpoints.embedded_run_dir()} (built now if missing)", flush=True)
+    checkpoints.build_embedded()
+    run("train", "qwen2/sft_lora", "--output-dir", str(sft), "--overwrite")
     run("eval", str(sft), "--baseline")
-    run("train", str(recipes / "dpo_lora.yaml"), f"model.name_or_path={sft}", "--output-dir", str(dpo), "--overwrite")
+    run("train", "qwen2/dpo_lora", f"model.name_or_path={sft}", "--output-dir", str(dpo), "--overwrite")
     run("eval", str(dpo), "--data", SFT_EVAL, "--format", "messages")
 
-    pretrain = rundir.read_metrics(models.embedded_run_dir())
+    pretrain = rundir.read_metrics(checkpoints.embedded_run_dir())
     sft_m, dpo_m = rundir.read_metrics(sft), rundir.read_metrics(dpo)
     rows = [
         ("base (pretrained)", sft_m["baseline"], None),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunelab import models, rundir
+from tunelab import checkpoints, rundir
 from tunelab.config import EMBEDDED_SMOLLM2
 from tunelab.demo import run as tunelab_run
 
@@ -22,14 +22,13 @@ QUICK_EVAL = "eval.max_samples=8"  # each run's own eval: a check that it works;
 
 def run_demo_real(out: Path) -> None:
     started = time.time()
-    recipes = models.RECIPES_DIR / "smollm2"
     sft, dpo = out / "sft_lora", out / "dpo_lora"
 
-    print(f"real model: {EMBEDDED_SMOLLM2} -> {models.resolve(EMBEDDED_SMOLLM2)} (dequantized once)", flush=True)
-    tunelab_run("train", str(recipes / "sft_lora.yaml"), QUICK_EVAL, "--output-dir", str(sft), "--overwrite")
+    print(f"real model: {EMBEDDED_SMOLLM2} -> {checkpoints.resolve(EMBEDDED_SMOLLM2)} (dequantized once)", flush=True)
+    tunelab_run("train", "smollm2/sft_lora", QUICK_EVAL, "--output-dir", str(sft), "--overwrite")
     for data in HELD_OUT.values():
         tunelab_run("eval", str(sft), "--baseline", "--data", data, "--format", "messages")
-    tunelab_run("train", str(recipes / "dpo_lora.yaml"), f"model.name_or_path={sft}", QUICK_EVAL,
+    tunelab_run("train", "smollm2/dpo_lora", f"model.name_or_path={sft}", QUICK_EVAL,
                 "--output-dir", str(dpo), "--overwrite")
     for data in HELD_OUT.values():
         tunelab_run("eval", str(dpo), "--data", data, "--format", "messages")

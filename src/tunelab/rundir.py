@@ -202,19 +202,6 @@ def train_metrics(trainer, result) -> dict:
     }
 
 
-def train_and_save(trainer, staging: Path, method: str, resume: bool, processors=()):
-    """Train (from the newest checkpoint with `resume`), then on rank 0 save the weights (`model/` for full
-    fine-tuning, else `adapter/`) with the tokenizer and any other processor. None on the other ranks."""
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(staging) if resume else None)
-    if not trainer.is_world_process_zero():
-        return None
-    saved = staging / ("model" if method == "full" else "adapter")
-    trainer.save_model(str(saved))
-    for processor in processors:
-        processor.save_pretrained(str(saved))
-    return result
-
-
 def run_metrics(recipe, trainer, result, scores: dict, report: dict, started: float, **extra) -> dict:
     """metrics.json of a finished run: the same keys in every recipe family (`tunelab compare` reads them)."""
     trainable, total = count_params(trainer.model)
@@ -226,7 +213,7 @@ def run_metrics(recipe, trainer, result, scores: dict, report: dict, started: fl
 def portable(name_or_path: str) -> str:
     """Local paths become absolute, so the run still finds its base from any working directory; an
     embedded default is pinned to the build it started from (models.pinned)."""
-    from tunelab.models import pinned
+    from tunelab.checkpoints import pinned
 
     path = Path(name_or_path)
     return str(path.resolve()) if path.exists() else pinned(name_or_path)

@@ -13,55 +13,56 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from argparse import Namespace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab import adapters
-from tunelab.compare import run_compare
 from tunelab.config import AdapterConfig, load_recipe, split_overrides
 from tunelab.errors import UserError
-from tunelab.recipes import module_of
+from tunelab.families import family_of
+from tunelab.tracking import check_trackers
 
 DEFAULT_METHODS = ("lora", "qlora", "prefix", "prompt", "full")
 
 
-def run_sweep(args) -> int:
-    methods = _method_list(args.methods)
-    shared, per_method = _split_overrides(args.overrides, methods)
-    out_root = Path(args.output_dir or Path("runs") / f"sweep-{Path(args.recipe).stem}")
-    plan, skipped = [], []
-    for method in methods:
-        overrides = [*shared, *per_method[method], f"adapter.method={method}"]
-        refusal = _check(args.recipe, overrides, out_root / method)
-        if refusal and args.methods:
+@dataclass
+class SweepPlan:
+    """The runs of a sweep, checked: one per method that fits, each with its overrides."""
+    recipe: str
+    out_root: Path
+    runs: dict[str, list[str]]  # method -> its overrides
+    skipped: list[str] = field(default_factory=list)  # "method: why it cannot train this recipe"
+    overwrite: bool = False
+
+
+def plan_sweep(recipe: str, overrides: list[str], methods: str | None, output_dir: str | None,
+               overwrite: bool) -> SweepPlan:
+    """Check every method against the recipe and the run directories before anything trains. Methods the user
+    named must fit; of the default list, those that do not are skipped with their reason."""
+    chosen = _method_list(methods)
+    shared, per_method = _split_overrides(overrides, chosen)
+    out_root = Path(output_dir or Path("runs") / f"sweep-{Path(recipe).stem}")
+    runs, skipped = {}, []
+    for method in chosen:
+        edits = [*shared, *per_method[method], f"adapter.method={method}"]
+        refusal = _check(recipe, edits, out_root / method)
+        if refusal and methods:
             raise UserError(f"--methods {method}: {refusal}")
         if refusal:
             skipped.append(f"{method}: {refusal}")
         else:
-            plan.append((method, overrides))
-    if not plan:
-        raise UserError(f"{args.recipe}: none of the methods fits this recipe:\n  " + "\n  ".join(skipped))
-    _check_free([out_root / m for m, _ in plan], args.overwrite)
+            runs[method] = edits
+    if not runs:
+        raise UserError(f"{recipe}: none of the methods fits this recipe:\n  " + "\n  ".join(skipped))
+    _check_free([out_root / m for m in runs], overwrite)
+    return SweepPlan(recipe, out_root, runs, skipped, overwrite)
 
-    print(f"sweep: {', '.join(m for m, _ in plan)} on {args.recipe}, same data and budget, runs in {out_root}/")
-    for reason in skipped:
-        print(f"  skipped {reason}")
-    failed = []
-    for method, overrides in plan:
-        print(f"\n=== {method} ===", flush=True)
-        # A child process per run, as `tunelab train` would be: each run's peak memory is its own
-        # (ru_maxrss and the CUDA peak counters only ever grow within a process).
-        cmd = [sys.executable, "-m", "tunelab", "train", args.recipe, *overrides, "--output-dir", str(out_root / method)]
-        if subprocess.run(cmd + ["--overwrite"] * args.overwrite).returncode != 0:
-            failed.append(method)
-    finished = [str(out_root / m) for m, _ in plan if m not in failed]
-    if finished:
-        print()
-        run_compare(Namespace(run_dirs=finished, output=str(out_root / "compare.png")))
-    if failed:
-        print(f"sweep: {', '.join(failed)} failed (see above); the others are compared", file=sys.stderr)
-        return 1
-    return 0
+
+def train_one(plan: SweepPlan, method: str) -> bool:
+    """Train one method's run as `tunelab train` would, in a child process, so that each run's peak memory is
+    its own (ru_maxrss and the CUDA peak counters only ever grow within a process). True if it finished."""
+    cmd = [sys.executable, "-m", "tunelab", "train", plan.recipe, *plan.runs[method],
+           "--output-dir", str(plan.out_root / method), *["--overwrite"] * plan.overwrite]
+    return subprocess.run(cmd).returncode == 0
 
 
 def _method_list(text: str | None) -> list[str]:
@@ -86,10 +87,11 @@ def _check(recipe_path: str, overrides: list[str], out: Path) -> str | None:
     """What `tunelab validate` checks, short of reading the data. A mistake in the recipe or the overrides is
     raised; the reason the method cannot train this recipe (qlora on a T5, say) is returned."""
     recipe = load_recipe(recipe_path, overrides)
-    family, stage = module_of(recipe.recipe, recipe.origin("recipe"))
-    family.build_args(recipe, stage, out)
+    family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
+    args = family.build_args(recipe, stage, out)
+    check_trackers(args.report_to, recipe.origin("train.report_to"))
     try:
-        getattr(family, "check_method", adapters.check_method)(recipe)
+        family.check(recipe, stage)
     except UserError as e:
         return str(e)
     return None

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from sklearn.metrics import f1_score as sk_f1
 
 from tunelab.config import Recipe
-from tunelab.recipes.encoder import encode, max_length
+from tunelab.data.encoder_inputs import encode, max_length
 
 CONFUSION_PNG = "confusion.png"
 # A word for tagging: one CJK character (Chinese data is tagged per character), a run of letters or digits,

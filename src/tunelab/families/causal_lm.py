@@ -1,29 +1,28 @@
 """Causal LM recipes for any decoder-only AutoModelForCausalLM: pretrain, sft (TRL SFTTrainer), dpo (TRL DPOTrainer).
 
-The trainers do the work; this module only chooses their arguments, hands them data in TRL's shapes,
-and writes the run directory. Everything that can be wrong with the input is checked before the run
-directory is created.
+The trainers do the work; this module loads the model (dtype, 4-bit quantization, tokenizer and chat template
+fixes), chooses the trainers' arguments and hands them data in TRL's shapes. tunelab.training runs them.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+import torch
 import transformers
 from jinja2 import TemplateError
 from trl import DPOConfig, DPOTrainer, SFTConfig
 
-from tunelab import adapters, models, precision, rundir
-from tunelab.config import Recipe, to_dict, trainer_args
-from tunelab.data.chat import TemplateNotUsable, check_replies, render
+from tunelab import adapters, checkpoints, precision, rundir
+from tunelab.config import GenerateConfig, ModelConfig, Recipe, trainer_args
+from tunelab.data.chat import (ENDOFTEXT, IM_END, IM_START, TemplateNotUsable, check_replies, end_of_turn_ids,
+                               render, set_chat_template)
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluation.causal_lm import evaluate
-from tunelab.evaluation.generation import check_generate
+from tunelab.evaluation.generation import check_generate, generate as generate_replies
 from tunelab.evaluation.perplexity import loss_tokens
-from tunelab.models import base_model_of, load_run  # noqa: F401  (this family's run loaders)
-from tunelab.models import set_stop_tokens
+from tunelab.families import Job, PredictRequest, split_report
 from tunelab.families.sft_trainer import SFTTrainerLabelPositions
 
 FORMATS = {
@@ -31,6 +30,8 @@ FORMATS = {
     "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
     "dpo": ("preference",),
 }
+GENERATES = True
+CHAT = True
 # TRL defaults to bf16 and gradient checkpointing. tunelab picks bf16 by the machine and the model's size
 # (train.bf16: auto, tunelab.precision), and checkpoints no activations: it recomputes the forward pass.
 TRAIN_DEFAULTS = {"activation_checkpointing": False, "logging_steps": 5, "save_steps": 200}
@@ -39,6 +40,121 @@ TRAIN_DEFAULTS = {"activation_checkpointing": False, "logging_steps": 5, "save_s
 LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
 _NO_LIMIT = 10**9
 
+
+
+# ---------------------------------------------------------------- the model
+
+def train_bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer in Qwen2's style (digits split one by one) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT, IM_START, IM_END],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
+                                                additional_special_tokens=[IM_START, IM_END])
+
+
+def load_tokenizer(model_cfg: ModelConfig, path: str):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    return finish_tokenizer(tokenizer, model_cfg)
+
+
+def finish_tokenizer(tokenizer, model_cfg: ModelConfig):
+    tokenizer.tunelab_chat_template = set_chat_template(tokenizer, model_cfg.chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def scratch_model(model_cfg: ModelConfig, texts) -> tuple[torch.nn.Module, object]:
+    """A freshly initialised model and a tokenizer trained on `texts`, from `model.scratch`."""
+    spec = dict(model_cfg.scratch)
+    model_type = spec.pop("model_type", None)
+    if model_type is None:
+        raise UserError("model.scratch needs model_type (e.g. qwen2)")
+    tokenizer = finish_tokenizer(train_bpe_tokenizer(texts, spec.pop("vocab_size", 1024)), model_cfg)
+    try:
+        config = transformers.AutoConfig.for_model(
+            model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **spec)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model.scratch: {e}") from None
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=model_cfg.attn_implementation)
+    return model, tokenizer
+
+
+def quantization_config(model_cfg: ModelConfig):
+    if model_cfg.quantization is None:
+        return None
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=model_cfg.quantization,
+        bnb_4bit_use_double_quant=model_cfg.double_quant, bnb_4bit_compute_dtype=torch.float32)
+
+
+def load_model(model_cfg: ModelConfig):
+    """(model, tokenizer) for a recipe's `model:` section; a run directory comes back merged."""
+    if checkpoints.is_run_dir(model_cfg.name_or_path):
+        return load_run(model_cfg.name_or_path, merge=True, quantization=model_cfg.quantization)
+    path = checkpoints.model_path(model_cfg)
+    checkpoints.check_kind(model_cfg, path, encoder_decoder=False)
+    tokenizer = load_tokenizer(model_cfg, path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=checkpoints.DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation,
+        quantization_config=quantization_config(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # ChatML tokens were added
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def set_stop_tokens(model, tokenizer) -> None:
+    """Put the template's end-of-turn token into the model's generation_config.eos_token_id, so that
+    transformers' own generate() on the saved or merged model stops where a reply ends."""
+    config = model.generation_config
+    known = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    config.eos_token_id = list(dict.fromkeys([*end_of_turn_ids(tokenizer), *(t for t in known if t is not None)]))
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
+    """(model, tokenizer) of a finished run: its full model, or its base with the adapter attached."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model").is_dir():
+        cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
+        return load_model(cfg)
+    recipe = checkpoints.run_recipe(run_dir)
+    if quantization and not recipe.model.quantization:
+        raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
+                        f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
+    base_cfg = _base_config(recipe.model, **({"quantization": None} if merge else {}))
+    base, _ = load_model(base_cfg)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
+    return checkpoints.attach_adapter(base, run_dir, recipe.adapter.method, merge), tokenizer
+
+
+def _base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
+    """A finished run's base model section. A template named by a file (or by TRL's copy) is not read
+    again: the run's saved tokenizer carries it, and the file may be gone or the run moved."""
+    if model_cfg.chat_template not in (None, "chatml"):
+        changes["chat_template"] = None
+    return ModelConfig(**{**vars(model_cfg), **changes})
+
+
+def base_model_of(run_dir: str | Path):
+    """(model, tokenizer) the run started from, for --baseline comparisons, with the run's chat template."""
+    recipe = checkpoints.run_recipe(run_dir)
+    model, tokenizer = load_model(_base_config(recipe.model))
+    saved = Path(run_dir) / ("model" if (Path(run_dir) / "model").is_dir() else "adapter")
+    tokenizer.chat_template = transformers.AutoTokenizer.from_pretrained(saved).chat_template
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- the data
 
 def _record_length(tokenizer, row: dict) -> int:
     """Untruncated token count, so overlong records can be counted (or dropped) before TRL truncates them."""
@@ -88,13 +204,18 @@ def for_trainer(ds):
     return ds.select_columns(["input_ids", "assistant_masks"]) if "input_ids" in ds.column_names else ds
 
 
-def resolve_bf16(recipe: Recipe) -> str | None:
-    """Turn `train.bf16: auto` (also the default when the key is left out) into true or false in the recipe;
-    the reason, or None where the recipe chose."""
+def resolve_bf16(recipe: Recipe) -> None:
+    """Turn `train.bf16: auto` (also the default when the key is left out) into true or false in the recipe,
+    noting why in recipe.decisions."""
     if recipe.train.get("bf16", "auto") != "auto":
-        return None
-    recipe.train["bf16"], why = precision.choose_bf16(models.parameter_count(recipe.model))
-    return why
+        return
+    recipe.train["bf16"], why = precision.choose_bf16(checkpoints.parameter_count(recipe.model))
+    recipe.decisions["precision"] = {"bf16": recipe.train["bf16"], "why": why}
+
+
+def check(recipe: Recipe, stage: str) -> None:
+    adapters.check_method(recipe)
+    check_generate(recipe.eval.generate)
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -109,6 +230,10 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
                         max_length=recipe.data.max_length, **(_sft_loss_args(recipe) if stage == "sft" else {}))
 
 
+def data_report(recipe: Recipe, stage: str) -> dict:
+    return split_report(recipe, FORMATS[stage])
+
+
 def model_and_data(recipe: Recipe, stage: str, seed: int):
     """(model, tokenizer, splits) for a run of this stage, overlong records counted (or dropped); `tunelab
     train` and `tunelab bench` both start here."""
@@ -117,9 +242,9 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
     # their initial weights: seed first, so the same recipe builds the same model.
     transformers.set_seed(seed)
     if recipe.model.scratch is not None:
-        model, tokenizer = models.scratch_model(recipe.model, (r["text"] for r in splits.train))
+        model, tokenizer = scratch_model(recipe.model, (r["text"] for r in splits.train))
     else:
-        model, tokenizer = models.load_causal_lm(recipe.model)
+        model, tokenizer = load_model(recipe.model)
     adapters.check_model_fits(recipe, model)
     if stage == "sft" and recipe.data.loss_on == "assistant" and "messages" in splits.train.column_names:
         check_replies(tokenizer, recipe.model.name_or_path)
@@ -133,44 +258,31 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
     return model, tokenizer, splits
 
 
-def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
-    started = time.time()
-    adapters.check_method(recipe)
-    check_generate(recipe.eval.generate)
-    staging = rundir.partial_path(out)
-    bf16_choice = resolve_bf16(recipe)
-    args = build_args(recipe, stage, staging)
-    rundir.check_free(out, resume, overwrite)
+def prepare(recipe: Recipe, stage: str, args) -> Job:
     model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
-
-    staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
-    log_path = staging / "train_log.jsonl"
-    callbacks = [rundir.TrainLogCallback(log_path), rundir.RankReportCallback()]
-    peft_config = adapters.peft_config(recipe)
-    trainer_cls = DPOTrainer if stage == "dpo" else SFTTrainerLabelPositions
-    eval_dataset = splits.eval if args.eval_strategy != "no" else None
     set_stop_tokens(model, tokenizer)
-    trainer = trainer_cls(model=model, args=args, train_dataset=for_trainer(splits.train),
-                          eval_dataset=for_trainer(eval_dataset) if eval_dataset is not None else None,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    checkpoint = rundir.last_checkpoint(staging) if resume else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer_eval = trainer.evaluate(splits.eval) if stage == "dpo" else {}  # collective: every rank calls it
-    if not trainer.is_world_process_zero():
-        return {}
+    precision_choice = recipe.decisions.get("precision", {"bf16": args.bf16, "why": "set by the recipe (train.bf16)"})
+    return Job(model=model, train_dataset=for_trainer(splits.train), eval_dataset=for_trainer(splits.eval),
+               evaluate=lambda trained, _: evaluate(trained, tokenizer, recipe, splits.eval.to_list()),
+               auto_class="AutoModelForCausalLM",
+               trainer_cls=DPOTrainer if stage == "dpo" else SFTTrainerLabelPositions,
+               trainer_kwargs={"processing_class": tokenizer, "peft_config": adapters.peft_config(recipe)},
+               # The generation config goes with an adapter too, so that its end of turn is kept.
+               processors=(tokenizer, model.generation_config), report=splits.report,
+               metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
+                        "precision": precision_choice},
+               collective_scores=_dpo_scores(splits.eval) if stage == "dpo" else None)
 
-    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
-    trainer.save_model(str(saved))
-    tokenizer.save_pretrained(str(saved))
-    trainer.model.generation_config.save_pretrained(str(saved))  # an adapter's too, so its end of turn is kept
-    scores = {**evaluate(trainer.model, tokenizer, recipe, splits.eval.to_list()),
-              **{k.removeprefix("eval_"): v for k, v in trainer_eval.items() if "rewards" in k or "logps" in k}}
-    metrics = rundir.run_metrics(recipe, trainer, result, scores, splits.report, started,
-                                 chat_template=getattr(tokenizer, "tunelab_chat_template", "own"),
-                                 precision={"bf16": args.bf16, "why": bf16_choice or "set by the recipe (train.bf16)"})
-    rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForCausalLM")
-    return metrics
 
+def _dpo_scores(eval_set):
+    """DPOTrainer's reward and log-probability metrics on the eval split (every rank takes part)."""
+    def scores(trainer) -> dict:
+        found = trainer.evaluate(eval_set)
+        return {k.removeprefix("eval_"): v for k, v in found.items() if "rewards" in k or "logps" in k}
+    return scores
+
+
+# ---------------------------------------------------------------- finished runs
 
 def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fmt: str | None,
                  baseline: bool) -> dict:
@@ -184,6 +296,14 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
     if baseline:
         base, base_tokenizer = base_model_of(run_dir)
         results["baseline"] = evaluate(base, base_tokenizer, recipe, rows)
-    for sample in results["model"].get("samples", [])[:3]:
-        print(f"  Q: {sample['prompt']}\n  A: {sample['generated']}   (reference: {sample['reference']})")
     return results
+
+
+def generate(loaded: tuple, recipe: Recipe, prompts: list, settings: GenerateConfig, raw: bool) -> list[str]:
+    """Replies to conversations (or continuations of raw text) under the run's chat template."""
+    model, tokenizer = loaded
+    return generate_replies(model, tokenizer, prompts, settings)
+
+
+def predict(run_dir: Path, recipe: Recipe, stage: str, request: PredictRequest) -> list[dict]:
+    raise UserError(f"{run_dir}: a {recipe.recipe} run generates text; use `tunelab generate`")

@@ -12,20 +12,24 @@ so the Trainer needs no custom compute_loss. Images are decoded lazily, batch by
 from __future__ import annotations
 
 import string
-import time
 from pathlib import Path
 
 import transformers
 from peft import LoraConfig, get_peft_model
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, Trainer, TrainingArguments
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, TrainingArguments
 
-from tunelab import adapters, models, rundir
-from tunelab.config import ModelConfig, Recipe, to_dict, trainer_args
+from tunelab import adapters, checkpoints, rundir
+from tunelab.config import GenerateConfig, ModelConfig, Recipe, single_train_source, trainer_args
 from tunelab.data.images import load_image, read_labelled, read_pairs
 from tunelab.data.readers import Records
 from tunelab.errors import UserError
+from tunelab.evaluation.clip import evaluate
+from tunelab.evaluation.retrieval import probabilities
+from tunelab.families import Job, PredictRequest
 
 FORMATS = {"pretrain": ("image_caption",), "finetune": ("image_caption",)}
+GENERATES = False
+CHAT = False
 # The collator reads the raw records (image, caption): the Trainer must not strip their keys.
 TRAIN_DEFAULTS = {"logging_steps": 10, "save_steps": 500, "remove_unused_columns": False}
 TOWERS = {"vision": ("vision_model.", "visual_projection."), "text": ("text_model.", "text_projection.")}
@@ -37,6 +41,11 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path) -> TrainingArgument
 
 
 # ---------------------------------------------------------------- the data
+
+def data_report(recipe: Recipe, stage: str) -> dict:
+    """Every image path checked, no pixels decoded."""
+    return read_data(recipe)[-1]
+
 
 def read_data(recipe: Recipe) -> tuple[Records, Records, Records | None, dict]:
     """(train pairs, eval pairs, labelled zero-shot images or None, data report); every path checked up front."""
@@ -141,14 +150,14 @@ def scratch_model(model_cfg: ModelConfig, captions: list[str]):
 
 def load_model(model_cfg: ModelConfig):
     """(CLIPModel, tokenizer, image processor) for a recipe's `model:`; a run directory comes back merged."""
-    if models.is_family_run(model_cfg.name_or_path, "clip", "a CLIP run"):
+    if checkpoints.is_family_run(model_cfg.name_or_path, "clip", "a CLIP run"):
         return load_run(model_cfg.name_or_path, merge=True)
-    path = models.resolve(model_cfg.name_or_path)
+    path = checkpoints.resolve(model_cfg.name_or_path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
     if config.model_type != "clip":
         raise UserError(f"model.name_or_path = {model_cfg.name_or_path!r}: a {config.model_type} model; the CLIP "
                         f"recipes need a CLIP checkpoint (model_type clip)")
-    model = CLIPModel.from_pretrained(path, dtype=models.DTYPES[model_cfg.dtype],
+    model = CLIPModel.from_pretrained(path, dtype=checkpoints.DTYPES[model_cfg.dtype],
                                       attn_implementation=model_cfg.attn_implementation)
     return model, AutoTokenizer.from_pretrained(path), _image_processor(path)
 
@@ -168,7 +177,8 @@ def peft_config(recipe: Recipe) -> LoraConfig | None:
                       exclude_modules=exclude)
 
 
-def check_method(recipe: Recipe) -> None:
+def check(recipe: Recipe, stage: str) -> None:
+    single_train_source(recipe)
     adapters.check_method(recipe)
     if recipe.adapter.method not in ("lora", "full"):
         raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={recipe.adapter.method} does not fit "
@@ -186,14 +196,7 @@ def freeze_tower(model, tower: str | None) -> None:
 
 # ---------------------------------------------------------------- training and runs
 
-def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
-    from tunelab.evaluation.clip import evaluate
-
-    started = time.time()
-    check_method(recipe)
-    staging = rundir.partial_path(out)
-    args = build_args(recipe, stage, staging)
-    rundir.check_free(out, resume, overwrite)
+def prepare(recipe: Recipe, stage: str, args) -> Job:
     train_pairs, eval_pairs, labelled, report = read_data(recipe)
     transformers.set_seed(args.seed)
     if recipe.model.scratch is not None:
@@ -201,25 +204,20 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     else:
         model, tokenizer, processor = load_model(recipe.model)
     adapters.check_model_fits(recipe, model)
-
-    staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
     config = peft_config(recipe)
     if config is None:
         freeze_tower(model, recipe.adapter.freeze)
     else:
         model = get_peft_model(model, config)
     collator = ImageCaptionCollator(tokenizer, processor, recipe.data.on_image_error)
-    trainer = Trainer(model=model, args=args, train_dataset=as_items(train_pairs), data_collator=collator,
-                      callbacks=[rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()])
-    result = rundir.train_and_save(trainer, staging, recipe.adapter.method, resume, (tokenizer, processor))
-    if result is None:
-        return {}
-    report["train_images_skipped"] = len(collator.skipped)
-    scores = evaluate(trainer.model, tokenizer, processor, recipe, eval_pairs, labelled)
-    metrics = rundir.run_metrics(recipe, trainer, result, scores, report, started)
-    metrics["train"]["logit_scale"] = _temperature(trainer.model)
-    rundir.write_run(staging, out, to_dict(recipe), metrics, "CLIPModel")
-    return metrics
+
+    def score(trained, _) -> dict:
+        report["train_images_skipped"] = len(collator.skipped)
+        return evaluate(trained, tokenizer, processor, recipe, eval_pairs, labelled)
+
+    return Job(model=model, train_dataset=as_items(train_pairs), eval_dataset=as_items(eval_pairs), evaluate=score,
+               auto_class="CLIPModel", trainer_kwargs={"data_collator": collator}, processors=(tokenizer, processor),
+               report=report, train_facts=lambda trained: {"logit_scale": _temperature(trained)})
 
 
 def _temperature(model) -> float:
@@ -233,15 +231,15 @@ def load_run(run_dir: str | Path, merge: bool = False):
     if (run_dir / "model").is_dir():
         path = run_dir / "model"
         return CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), _image_processor(path)
-    recipe = models.run_recipe(run_dir)
+    recipe = checkpoints.run_recipe(run_dir)
     base, _, _ = load_model(recipe.model)
-    model = models.attach_adapter(base, run_dir, recipe.adapter.method, merge)
+    model = checkpoints.attach_adapter(base, run_dir, recipe.adapter.method, merge)
     adapter = run_dir / "adapter"
     return model.eval(), AutoTokenizer.from_pretrained(adapter), _image_processor(adapter)
 
 
 def base_model_of(run_dir: str | Path):
-    model, tokenizer, processor = load_model(models.run_recipe(run_dir).model)
+    model, tokenizer, processor = load_model(checkpoints.run_recipe(run_dir).model)
     return model.eval(), tokenizer, processor
 
 
@@ -249,8 +247,6 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
                  baseline: bool) -> dict:
     """{"model": recall@k and zero-shot accuracy, "baseline": the same for the base model (with --baseline)}.
     --data names other image-caption pairs to retrieve over; the zero-shot set stays the recipe's."""
-    from tunelab.evaluation.clip import evaluate
-
     if fmt and fmt not in FORMATS[stage]:
         raise UserError(f"--format {fmt}: a {recipe.recipe} run evaluates image_caption data")
     if data:
@@ -262,22 +258,22 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
     return results
 
 
-def predict(run_dir: Path, recipe: Recipe, stage: str, args) -> list[str]:
-    """Each image's zero-shot label probabilities over --labels, most likely first."""
-    from tunelab.evaluation.retrieval import probabilities
+def generate(loaded: tuple, recipe: Recipe, prompts: list, settings: GenerateConfig, raw: bool) -> list[str]:
+    raise UserError(f"a {recipe.recipe} run matches images and texts and does not generate; use `tunelab predict`")
 
-    if not args.image or not args.labels or args.text or args.text_pair:
+
+def predict(run_dir: Path, recipe: Recipe, stage: str, request: PredictRequest) -> list[dict]:
+    """Each image's zero-shot label probabilities over request.labels, most likely first ({"input", "labels"})."""
+    if not request.images or not request.labels or request.texts or request.text_pairs:
         raise UserError('predict: a CLIP run labels images: give --image PATH and --labels "a,b,c" (no --text)')
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    template = args.template or recipe.eval.templates[0]
+    labels = [label.strip() for label in request.labels.split(",") if label.strip()]
+    template = request.template or recipe.eval.templates[0]
     if "{}" not in template:
         raise UserError(f"predict: --template {template!r} needs a {{}} for the label")
-    images = [load_image(path) for path in args.image]
+    images = [load_image(path) for path in request.images]
     model, tokenizer, processor = load_run(run_dir)
-    lines = []
-    for path, image in zip(args.image, images):
-        probs = sorted(probabilities(model, tokenizer, processor, image, labels, template).items(),
-                       key=lambda kv: -kv[1])
-        lines.append(f"{probs[0][0]}\t{path}")
-        lines += [f"  {label:<24} {p:.3f}" for label, p in probs[:args.top]]
-    return lines
+    results = []
+    for path, image in zip(request.images, images):
+        probs = sorted(probabilities(model, tokenizer, processor, image, labels, template).items(), key=lambda kv: -kv[1])
+        results.append({"input": path, "labels": probs[:request.top]})
+    return results

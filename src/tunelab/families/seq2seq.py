@@ -11,7 +11,6 @@ Evaluation generates in batches (greedy or beam search, eval.generate) and score
 from __future__ import annotations
 
 import string
-import time
 from pathlib import Path
 
 import datasets
@@ -21,17 +20,29 @@ from peft import get_peft_model
 from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                           Seq2SeqTrainingArguments, Trainer, TrainingArguments)
 
-from tunelab import adapters, models, rundir
-from tunelab.config import DataConfig, ModelConfig, Recipe, build_section, check_keys, to_dict, trainer_args
+from tunelab import adapters, checkpoints, rundir
+from tunelab.config import DataConfig, GenerateConfig, ModelConfig, Recipe, build_section, check_keys, trainer_args
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.data.span_corruption import SpanCorruptionCollator
 from tunelab.errors import UserError
 from tunelab.evaluation.generation import check_generate
+from tunelab.families import Job, PredictRequest, split_report
 
 FORMATS = {"pretrain": ("text",), "text2text": ("text2text",)}
+GENERATES = True
+CHAT = False
 TRAIN_DEFAULTS = {"logging_steps": 10, "save_steps": 500}
 MIX_KEYS = ["train", "eval", "prefix", "source_field", "target_field"]
 SENTINELS = 100  # <extra_id_0> ... <extra_id_99>, as T5's own vocabularies have
+
+
+def check(recipe: Recipe, stage: str) -> None:
+    adapters.check_method(recipe)
+    check_generate(recipe.eval.generate)
+
+
+def data_report(recipe: Recipe, stage: str) -> dict:
+    return split_report(recipe, FORMATS[stage])
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -81,12 +92,12 @@ def scratch_model(model_cfg: ModelConfig, texts):
 
 def load_model(model_cfg: ModelConfig):
     """(model, tokenizer) for a recipe's `model:`; a run directory comes back with its LoRA merged."""
-    if models.is_family_run(model_cfg.name_or_path, "seq2seq", "a seq2seq run"):
+    if checkpoints.is_family_run(model_cfg.name_or_path, "seq2seq", "a seq2seq run"):
         return load_run(model_cfg.name_or_path, merge=True)
-    path = models.resolve(model_cfg.name_or_path)
-    models.check_kind(model_cfg, path, encoder_decoder=True)
+    path = checkpoints.resolve(model_cfg.name_or_path)
+    checkpoints.check_kind(model_cfg, path, encoder_decoder=True)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=models.DTYPES[model_cfg.dtype],
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=checkpoints.DTYPES[model_cfg.dtype],
                                                   trust_remote_code=model_cfg.trust_remote_code)
     return model, tokenizer
 
@@ -173,15 +184,9 @@ def denoising_loss(model, tokenizer, ds, d: DataConfig, batch_size: int) -> floa
     return total / count
 
 
-def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
+def prepare(recipe: Recipe, stage: str, args) -> Job:
     from tunelab.evaluation.seq2seq import evaluate
 
-    started = time.time()
-    adapters.check_method(recipe)
-    check_generate(recipe.eval.generate)
-    staging = rundir.partial_path(out)
-    args = build_args(recipe, stage, staging)
-    rundir.check_free(out, resume, overwrite)
     train_ds, eval_sets, report = load_tasks(recipe, stage)
     transformers.set_seed(args.seed)
     if recipe.model.scratch is not None:
@@ -189,32 +194,30 @@ def train(recipe: Recipe, stage: str, out: Path, resume: bool = False, overwrite
     else:
         model, tokenizer = load_model(recipe.model)
     adapters.check_model_fits(recipe, model)
+    wants_eval = args.eval_strategy != "no"
     if stage == "pretrain":
         train_tokens = _tokenize_text(train_ds, tokenizer, recipe.data)
+        eval_tokens = _tokenize_text(eval_sets["main"], tokenizer, recipe.data) if wants_eval else None
         collator = SpanCorruptionCollator(tokenizer, max_length=recipe.data.max_length, seed=args.seed)
     else:
         train_tokens = _tokenize_text2text(train_ds, tokenizer, recipe.data, "train", report)
+        every_task = datasets.concatenate_datasets(list(eval_sets.values()))
+        eval_tokens = _tokenize_text2text(every_task, tokenizer, recipe.data, "eval", report) if wants_eval else None
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-
-    staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
     peft_config = adapters.peft_config(recipe, task="seq2seq")
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
-    trainer_cls = Seq2SeqTrainer if stage == "text2text" else Trainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_tokens, data_collator=collator,
-                          processing_class=tokenizer,
-                          callbacks=[rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()])
-    result = rundir.train_and_save(trainer, staging, recipe.adapter.method, resume, (tokenizer,))
-    if result is None:
-        return {}
-    if stage == "pretrain":
-        scores = {"denoising_loss": denoising_loss(trainer.model, tokenizer, eval_sets["main"], recipe.data,
-                                                   recipe.eval.batch_size)}
-    else:
-        scores = evaluate(trainer.model, tokenizer, recipe, eval_sets)
-    metrics = rundir.run_metrics(recipe, trainer, result, scores, report, started)
-    rundir.write_run(staging, out, to_dict(recipe), metrics, "AutoModelForSeq2SeqLM")
-    return metrics
+
+    def score(trained, _) -> dict:
+        if stage == "pretrain":
+            return {"denoising_loss": denoising_loss(trained, tokenizer, eval_sets["main"], recipe.data,
+                                                     recipe.eval.batch_size)}
+        return evaluate(trained, tokenizer, recipe, eval_sets)
+
+    return Job(model=model, train_dataset=train_tokens, eval_dataset=eval_tokens, evaluate=score,
+               auto_class="AutoModelForSeq2SeqLM", trainer_cls=Seq2SeqTrainer if stage == "text2text" else Trainer,
+               trainer_kwargs={"data_collator": collator, "processing_class": tokenizer}, processors=(tokenizer,),
+               report=report)
 
 
 def load_run(run_dir: str | Path, merge: bool = False):
@@ -223,21 +226,21 @@ def load_run(run_dir: str | Path, merge: bool = False):
     if (run_dir / "model").is_dir():
         path = run_dir / "model"
         return AutoModelForSeq2SeqLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-    recipe = models.run_recipe(run_dir)
+    recipe = checkpoints.run_recipe(run_dir)
     base, _ = load_model(recipe.model)
-    model = models.attach_adapter(base, run_dir, recipe.adapter.method, merge)
+    model = checkpoints.attach_adapter(base, run_dir, recipe.adapter.method, merge)
     return model.eval(), AutoTokenizer.from_pretrained(run_dir / "adapter")
 
 
 def base_model_of(run_dir: str | Path):
-    model, tokenizer = load_model(models.run_recipe(run_dir).model)
+    model, tokenizer = load_model(checkpoints.run_recipe(run_dir).model)
     return model.eval(), tokenizer
 
 
 def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fmt: str | None,
                  baseline: bool) -> dict:
     """{"model": ROUGE (or denoising loss), "baseline": the same for the base model (with --baseline)}."""
-    from tunelab.evaluation.seq2seq import evaluate, print_samples
+    from tunelab.evaluation.seq2seq import evaluate
 
     if fmt and fmt not in FORMATS[stage]:
         raise UserError(f"--format {fmt}: a {recipe.recipe} run evaluates {', '.join(FORMATS[stage])} data")
@@ -255,5 +258,17 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
     results = {"model": score(*load_run(run_dir))}
     if baseline:
         results["baseline"] = score(*base_model_of(run_dir))
-    print_samples(results)
     return results
+
+
+def generate(loaded: tuple, recipe: Recipe, prompts: list, settings: GenerateConfig, raw: bool) -> list[str]:
+    """One output per input text, the recipe's task prefix put before it unless `raw`."""
+    from tunelab.evaluation.seq2seq import generate as generate_seq2seq
+
+    model, tokenizer = loaded
+    sources = [p if raw else recipe.data.prefix + p for p in prompts]
+    return generate_seq2seq(model, tokenizer, sources, settings, recipe.data.max_length)
+
+
+def predict(run_dir: Path, recipe: Recipe, stage: str, request: PredictRequest) -> list[dict]:
+    raise UserError(f"{run_dir}: a {recipe.recipe} run generates text; use `tunelab generate`")

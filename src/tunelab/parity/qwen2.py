@@ -122,7 +122,7 @@ PROMPTS = ["The capital of France is", "Question: what is two plus two?\nAnswer:
 def run_dir_logits_diff(run_dir: Path) -> float:
     """Our model on the weights of a finished run (LoRA merged in) against the transformers model
     tunelab itself loads for that run, on a right-padded batch of prompts."""
-    from tunelab.models import load_run
+    from tunelab.families.causal_lm import load_run
 
     ref, tokenizer = load_run(run_dir, merge=True)
     ref.eval()
@@ -137,15 +137,15 @@ def run_dir_logits_diff(run_dir: Path) -> float:
 
 def run_dir_checks(run_dir: Path) -> list[Check]:
     # Trained logits reach 10-30 rather than ~1 and float32 rounding grows with them (seen: ~3e-6).
-    return [Check(f"qwen2 logits, run {Path(run_dir).name}", "tunelab.models.load_run(merge=True)",
+    return [Check(f"qwen2 logits, run {Path(run_dir).name}", "tunelab.families.causal_lm.load_run(merge=True)",
                   lambda: run_dir_logits_diff(Path(run_dir)), 5e-5)]
 
 
 def embedded_run_diff() -> float:
-    from tunelab import models
+    from tunelab import checkpoints
 
-    models.build_embedded()  # no-op when the cache has it (tests/conftest.py builds a quick one)
-    return run_dir_logits_diff(models.embedded_run_dir())
+    checkpoints.build_embedded()  # no-op when the cache has it (tests/conftest.py builds a quick one)
+    return run_dir_logits_diff(checkpoints.embedded_run_dir())
 
 
 CHECKS = [
@@ -158,5 +158,5 @@ CHECKS = [
           lambda: greedy_diff(True), 0),
     Check("qwen2 logits through the KV cache, left-padded", "transformers Qwen2ForCausalLM, one pass",
           cache_diff, 1e-5),
-    Check("qwen2 logits, embedded run", "tunelab.models.load_run(embedded default)", embedded_run_diff, 5e-5),
+    Check("qwen2 logits, embedded run", "tunelab.families.causal_lm.load_run(embedded default)", embedded_run_diff, 5e-5),
 ]
