@@ -10,7 +10,7 @@ from conftest import RECIPES
 from tunelab import adapters
 from tunelab.config import load_recipe
 from tunelab.families import causal_lm
-from tunelab.families.sft_trainer import SFTTrainerLabelPositions
+from tunelab.trainers import SFTTrainerLabelPositions
 
 pytestmark = pytest.mark.recipe
 

@@ -29,7 +29,7 @@ from tunelab.config import load_recipe
 from tunelab.errors import UserError
 from tunelab.evaluation.perplexity import perplexity
 from tunelab.families import causal_lm
-from tunelab.families.sft_trainer import SFTTrainerLabelPositions
+from tunelab.trainers import SFTTrainerLabelPositions
 
 # What every row trains with besides its variant: a fixed number of steps, the loss of every step, and
 # nothing else done during the timed steps (no saving, no evaluation). The Trainer counts the non-padding

@@ -23,7 +23,7 @@ from tunelab.evaluation.causal_lm import evaluate
 from tunelab.evaluation.generation import check_generate, generate as generate_replies
 from tunelab.evaluation.perplexity import loss_tokens
 from tunelab.families import Job, PredictRequest, split_report
-from tunelab.families.sft_trainer import SFTTrainerLabelPositions
+from tunelab.trainers import SFTTrainerLabelPositions
 
 FORMATS = {
     "pretrain": ("text",),
