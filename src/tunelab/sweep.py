@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab import training
 from tunelab.config import AdapterConfig, load_recipe, split_overrides
 from tunelab.errors import UserError
 from tunelab.families import family_of
-from tunelab.tracking import check_trackers
 
 DEFAULT_METHODS = ("lora", "qlora", "prefix", "prompt", "full")
 
@@ -88,8 +88,7 @@ def _check(recipe_path: str, overrides: list[str], out: Path) -> str | None:
     raised; the reason the method cannot train this recipe (qlora on a T5, say) is returned."""
     recipe = load_recipe(recipe_path, overrides)
     family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
-    args = family.build_args(recipe, stage, out)
-    check_trackers(args.report_to, recipe.origin("train.report_to"))
+    training.trainer_arguments(family, recipe, stage, out)
     try:
         family.check(recipe, stage)
     except UserError as e:

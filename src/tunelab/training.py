@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from transformers import Trainer
-
 from tunelab import rundir
 from tunelab.config import Recipe, to_dict
 from tunelab.families import Family, Job
@@ -21,6 +19,11 @@ from tunelab.tracking import check_trackers
 def check(family: Family, recipe: Recipe, stage: str, output_dir: Path):
     """Everything short of loading weights and data: the family's checks, the trainer's arguments, the trackers."""
     family.check(recipe, stage)
+    return trainer_arguments(family, recipe, stage, output_dir)
+
+
+def trainer_arguments(family: Family, recipe: Recipe, stage: str, output_dir: Path):
+    """The trainer's argument dataclass, with the trackers it names checked."""
     args = family.build_args(recipe, stage, output_dir)
     check_trackers(args.report_to, recipe.origin("train.report_to"))
     return args
@@ -58,5 +61,5 @@ def _trainer(job: Job, args, staging: Path):
     """The family's trainer, with the run's callbacks, and its eval set when train.eval_strategy asks for one."""
     callbacks = [rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()]
     eval_dataset = job.eval_dataset if args.eval_strategy != "no" else None
-    return (job.trainer_cls or Trainer)(model=job.model, args=args, train_dataset=job.train_dataset,
-                                        eval_dataset=eval_dataset, callbacks=callbacks, **job.trainer_kwargs)
+    return job.trainer_cls(model=job.model, args=args, train_dataset=job.train_dataset, eval_dataset=eval_dataset,
+                           callbacks=callbacks, **job.trainer_kwargs)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from transformers import Trainer
+
 from tunelab.config import GenerateConfig, Recipe
 from tunelab.errors import UserError
 
@@ -30,7 +32,7 @@ class Job:
     eval_dataset: Any  # in the trainer's input shape; the trainer gets it when train.eval_strategy asks
     evaluate: Callable[[Any, Path], dict]  # (trained model, staged run directory for plots) -> the run's scores
     auto_class: str  # the class the model card loads the saved weights with
-    trainer_cls: type | None = None  # None: transformers.Trainer
+    trainer_cls: type = Trainer
     trainer_kwargs: dict = field(default_factory=dict)  # data_collator, processing_class, peft_config...
     processors: tuple = ()  # saved beside the weights: tokenizer, image processor, generation config
     files: dict = field(default_factory=dict)  # more JSON files of the run directory: name -> content

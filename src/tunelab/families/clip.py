@@ -212,7 +212,7 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
     collator = ImageCaptionCollator(tokenizer, processor, recipe.data.on_image_error)
 
     def score(trained, _) -> dict:
-        report["train_images_skipped"] = len(collator.skipped)
+        report["train_images_skipped"] = len(collator.skipped)  # known only once training has read every batch
         return evaluate(trained, tokenizer, processor, recipe, eval_pairs, labelled)
 
     return Job(model=model, train_dataset=as_items(train_pairs), eval_dataset=as_items(eval_pairs), evaluate=score,

@@ -201,8 +201,8 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
         collator = SpanCorruptionCollator(tokenizer, max_length=recipe.data.max_length, seed=args.seed)
     else:
         train_tokens = _tokenize_text2text(train_ds, tokenizer, recipe.data, "train", report)
-        every_task = datasets.concatenate_datasets(list(eval_sets.values()))
-        eval_tokens = _tokenize_text2text(every_task, tokenizer, recipe.data, "eval", report) if wants_eval else None
+        eval_tokens = (_tokenize_text2text(datasets.concatenate_datasets(list(eval_sets.values())), tokenizer,
+                                           recipe.data, "eval", report) if wants_eval else None)
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     peft_config = adapters.peft_config(recipe, task="seq2seq")
     if peft_config is not None:
