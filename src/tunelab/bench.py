@@ -49,7 +49,8 @@ NOISY = 1.5  # a mean step this much above the median step says other work slowe
 EVAL_GAP = 0.05  # an eval loss this far from the baseline's: its speed was not bought at equal loss
 PEAK_SIZE = 2048  # the matmul that measures the machine's peak: (PEAK_SIZE, PEAK_SIZE) @ (PEAK_SIZE, PEAK_SIZE)
 PEAK_SECONDS = 2.0  # time the peak matmul at least 3 and at most 10 times, stopping after this long
-METHODS = ("full", "lora", "qlora", "prefix", "prompt")
+METHODS = ("full", "lora", "qlora", "dora", "adalora", "ia3", "ln_tuning", "bitfit", "embedding", "last_layers",
+           "bottleneck", "gradual_unfreeze", "prefix", "prompt")
 PEAK_MEMORY_NOTE = ("CPU: the peak resident set (ru_maxrss) of the variant's own process over its whole life, "
                     "model loading and the Python runtime included; CUDA: torch.cuda.max_memory_allocated and "
                     "max_memory_reserved during training, in the variant's own process")

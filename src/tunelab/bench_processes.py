@@ -24,7 +24,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
-from tunelab import adapters, rundir
+from tunelab import adapters, method_hooks, own_methods, rundir
 from tunelab.config import load_recipe
 from tunelab.errors import UserError
 from tunelab.evaluation.perplexity import perplexity
@@ -198,8 +198,11 @@ def _build_trainer(recipe_path: str, overrides: list[str], kind: str, max_steps:
     trainer_cls = SFTTrainerLabelPositions if kind == TUNELAB else SFTTrainer
     if kind == TUNELAB:
         causal_lm.set_stop_tokens(model, tokenizer)
-    trainer = trainer_cls(model=model, args=args, train_dataset=causal_lm.for_trainer(splits.train),
-                          processing_class=tokenizer, peft_config=adapters.peft_config(recipe))
+    peft_config = adapters.peft_config(recipe, "causal_lm", model)
+    trainer = trainer_cls(model=own_methods.apply(model, recipe), args=args,
+                          train_dataset=causal_lm.for_trainer(splits.train), processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=method_hooks.callbacks(recipe),
+                          **method_hooks.trainer_kwargs(recipe, args))
     eval_rows = splits.eval.select(range(min(eval_samples, len(splits.eval)))).to_list()
     return trainer, recipe, eval_rows
 

@@ -198,16 +198,21 @@ def run_recipe(run_dir: str | Path) -> Recipe:
 
 
 def attach_adapter(base, run_dir: Path, method: str, merge: bool = False):
-    """A run's saved PEFT adapter on `base`; with `merge`, folded into its weights (every family's runs)."""
+    """A run's saved adapter (PEFT's, or tunelab's own method's) on `base`; with `merge`, folded into its weights
+    (every family's runs), or refused for a method that cannot be folded."""
     from peft import PeftModel
+
+    from tunelab import adapters, own_methods
 
     adapter_dir = Path(run_dir) / "adapter"
     if (adapter_dir / "generation_config.json").is_file():  # the run's stop tokens (set_stop_tokens)
         base.generation_config = transformers.GenerationConfig.from_pretrained(adapter_dir)
+    if own_methods.saved_in(adapter_dir):
+        return own_methods.load(base, adapter_dir, merge)
     model = PeftModel.from_pretrained(base, adapter_dir)
     if merge:
-        if method not in ("lora", "qlora"):
-            raise UserError(f"{run_dir}: a {method} adapter cannot be merged into the weights; "
-                            f"only LoRA adapters can (train on top of the base model instead)")
+        if method not in adapters.MERGEABLE:
+            raise UserError(f"{run_dir}: a {method} adapter cannot be merged into the weights (it adds virtual "
+                            f"tokens, not weight changes); only {', '.join(adapters.MERGEABLE)} runs can")
         model = model.merge_and_unload()
     return model

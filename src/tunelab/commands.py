@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunelab import checkpoints, rundir, shipped, training
+from tunelab import adapters, checkpoints, rundir, shipped, training
 from tunelab.config import GenerateConfig, load_recipe
 from tunelab.errors import UserError
 from tunelab.families import PredictRequest, family_of
@@ -19,10 +19,18 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
     out = Path(args.output_dir or default_output_dir(args.recipe))
+    _note_unused_keys(recipe)
     metrics = training.train(family, recipe, stage, out, resume=args.resume, overwrite=args.overwrite)
     if metrics:
         _print_summary(out, metrics)
     return 0
+
+
+def _note_unused_keys(recipe) -> None:
+    unused = adapters.unused_keys(recipe)
+    if unused:
+        print(f"note: adapter.method={recipe.adapter.method} does not use {', '.join(unused)} (left in the recipe, "
+              f"ignored)")
 
 
 def _print_summary(out: Path, metrics: dict) -> None:
@@ -32,6 +40,8 @@ def _print_summary(out: Path, metrics: dict) -> None:
     print(f"  trainable {metrics['trainable_params']:,} / {metrics['total_params']:,} params, "
           f"{t['steps']} steps, loss {t['first_loss']} -> {t['final_loss']:.4f}, "
           f"{t['tokens_per_second']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB")
+    if "trains" in metrics:
+        print(f"  trains: {', '.join(metrics['trains'])}")
     print("  eval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
@@ -129,10 +139,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    run_dir, _, family, _ = _finished_run(args.run_dir)
+    run_dir, recipe, family, _ = _finished_run(args.run_dir)
     out = Path(args.out_dir)
     if not (run_dir / "adapter").is_dir():
-        raise UserError(f"{run_dir}: no adapter/ to merge (a full fine-tuning run already has a standalone model/)")
+        raise UserError(f"{run_dir}: no adapter/ to merge (a {recipe.adapter.method} run already has a standalone "
+                        f"model/)")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out}: exists; pass --overwrite to replace it")
     model, *processors = family.load_run(run_dir, merge=True)  # the tokenizer (and a CLIP run's image processor)
@@ -169,6 +180,7 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     family, stage = family_of(recipe.recipe, recipe.origin("recipe"))
     training.check(family, recipe, stage, Path("runs") / "validate")
+    _note_unused_keys(recipe)
     report = family.data_report(recipe, stage)
     unit = "pairs" if recipe.data.format == "image_caption" else "records"
     counts = ("hub data (fetched when trained)" if report.get("hub")

@@ -72,12 +72,25 @@ class ModelConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = _f("lora", "How to train: a PEFT adapter, or all weights.",
-                     ("lora", "qlora", "prefix", "prompt", "ptuning", "full"))
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha; the update is scaled by alpha / r.")
+    method: str = _f("lora", "How to train: a PEFT adapter, a chosen part of the weights, or all of them (README, "
+                     "'Methods').", ("lora", "qlora", "dora", "adalora", "ia3", "ln_tuning", "prefix", "prompt",
+                                     "ptuning", "bitfit", "embedding", "last_layers", "bottleneck", "full",
+                                     "gradual_unfreeze"))
+    r: int = _f(16, "LoRA rank (dora, qlora too; adalora: the average rank it prunes down to, from 1.5 r).")
+    alpha: int = _f(32, "LoRA alpha; the update is scaled by alpha / r (by alpha / sqrt(r) with use_rslora).")
     dropout: float = _f(0.05, "Dropout on the LoRA input.")
-    target_modules: str | list[str] = _f("all-linear", "Modules that get LoRA: 'all-linear' or a list of names.")
+    target_modules: str | list[str] = _f("all-linear", "Modules that get LoRA (dora, adalora too): 'all-linear' or a "
+                                         "list of names.")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA: scale by alpha / sqrt(r), so a larger r keeps learning.")
+    init: str = _f("default", "How LoRA's A and B start: default (A Kaiming-uniform, B zero), gaussian (A normal), "
+                   "pissa (A, B from the weight's top singular vectors, the rest left in the base), olora (from a "
+                   "QR decomposition of the weight).", ("default", "gaussian", "pissa", "olora"))
+    loraplus_lr_ratio: float | None = _f(None, "LoRA+: B learns this many times faster than A (the paper uses 16). "
+                                         "None: one learning rate.")
+    trainable_layers: int = _f(2, "last_layers: how many of the top blocks train (LLaMA-Factory's freeze tuning).")
+    bottleneck_size: int = _f(64, "bottleneck: width of the adapter's down projection.")
+    unfreeze_epochs: float = _f(1.0, "gradual_unfreeze: epochs over which the blocks unfreeze one by one from the "
+                                "top; after them every weight trains.")
     num_virtual_tokens: int = _f(16, "Virtual tokens for prefix, prompt and p-tuning.")
     prompt_init_text: str | None = _f(None, "Prompt tuning: initialise the soft prompt from this text (else random).")
     encoder_hidden_size: int = _f(128, "P-tuning: hidden size of the MLP prompt encoder.")

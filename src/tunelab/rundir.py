@@ -154,18 +154,29 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
 
 
 def model_card(recipe_dict: dict, metrics: dict, auto_class: str) -> str:
+    from tunelab.adapters import WHOLE_MODEL
+    from tunelab.own_methods import OWN
+
     method = recipe_dict["adapter"]["method"]
-    saved = "model/" if method == "full" else "adapter/"
+    saved = "model/" if method in WHOLE_MODEL else "adapter/"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.get("eval", {}).items() if isinstance(v, (int, float)))
     peft_class = "AutoPeft" + auto_class.removeprefix("Auto")
-    load = (f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained('model')" if method == "full"
-            else f"from peft import {peft_class}\nmodel = {peft_class}.from_pretrained('adapter')")
+    load = (f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained('model')"
+            if method in WHOLE_MODEL else
+            f"# tunelab's own {method}: adapter/ holds only what trained; tunelab eval, generate and merge load it"
+            if method in OWN else f"from peft import {peft_class}\nmodel = {peft_class}.from_pretrained('adapter')")
     return (f"# {recipe_dict['recipe']} run\n\n{recipe_dict.get('description', '')}\n\n"
             f"- base model: `{recipe_dict['model']['name_or_path']}`\n- method: {method}\n"
             f"- train data: `{recipe_dict['data']['train']}` ({recipe_dict['data']['format']})\n"
             f"- trainable parameters: {metrics.get('trainable_params', 0):,} of {metrics.get('total_params', 0):,}\n"
             f"- saved in `{saved}`; the resolved recipe is `recipe.yaml`\n\n"
             f"| eval metric | value |\n|---|---|\n{rows}\n\n```python\n{load}\n```\n")
+
+
+def weights_mb(directory: Path) -> float:
+    """Size on disk of the weights a run saved (safetensors and bin files), in MB."""
+    files = [*directory.glob("*.safetensors"), *directory.glob("*.bin")]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 3)
 
 
 def trainer_defaults(**family: object) -> dict:

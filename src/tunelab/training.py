@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunelab import rundir
+from tunelab import adapters, method_hooks, own_methods, rundir
 from tunelab.config import Recipe, to_dict
 from tunelab.families import Family, Job
 from tunelab.tracking import check_trackers
@@ -37,29 +37,43 @@ def train(family: Family, recipe: Recipe, stage: str, out: Path, resume: bool = 
     job = family.prepare(recipe, stage, args)
 
     staging = rundir.stage(out, resume, overwrite, args.process_index == 0)
-    trainer = _trainer(job, args, staging)
+    if recipe.adapter.method == "gradual_unfreeze":
+        args.ddp_find_unused_parameters = True  # the frozen blocks get no gradient until they unfreeze
+    hooks = method_hooks.callbacks(recipe)
+    trainer = _trainer(job, args, staging, hooks, method_hooks.trainer_kwargs(recipe, args))
     result = trainer.train(resume_from_checkpoint=rundir.last_checkpoint(staging) if resume else None)
     collective = job.collective_scores(trainer) if job.collective_scores else {}
     if not trainer.is_world_process_zero():
         return {}
 
-    saved = staging / ("model" if recipe.adapter.method == "full" else "adapter")
-    trainer.save_model(str(saved))
+    method = recipe.adapter.method
+    saved = staging / ("model" if method in adapters.WHOLE_MODEL else "adapter")
+    trains = own_methods.what_trains(trainer.model) if method in own_methods.OWN else None
+    if method in own_methods.OWN:
+        own_methods.save(trainer.model, recipe, saved)
+    else:
+        trainer.save_model(str(saved))
     for processor in job.processors:
         processor.save_pretrained(str(saved))
     for name, content in job.files.items():
         rundir.write_json(staging / name, content)
     scores = {**job.evaluate(trainer.model, staging), **collective}
     metrics = rundir.run_metrics(recipe, trainer, result, scores, job.report, started, **job.metrics)
+    metrics["saved_weights_mb"] = rundir.weights_mb(saved)
+    if trains:
+        metrics["trains"] = trains
+    for hook in hooks:
+        metrics["train"].update(hook.facts())
     if job.train_facts:
         metrics["train"].update(job.train_facts(trainer.model))
     rundir.write_run(staging, out, to_dict(recipe), metrics, job.auto_class)
     return metrics
 
 
-def _trainer(job: Job, args, staging: Path):
-    """The family's trainer, with the run's callbacks, and its eval set when train.eval_strategy asks for one."""
-    callbacks = [rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback()]
+def _trainer(job: Job, args, staging: Path, hooks: list, method_kwargs: dict):
+    """The family's trainer, with the run's callbacks (the method's too), and its eval set when
+    train.eval_strategy asks for one."""
+    callbacks = [rundir.TrainLogCallback(staging / "train_log.jsonl"), rundir.RankReportCallback(), *hooks]
     eval_dataset = job.eval_dataset if args.eval_strategy != "no" else None
     return job.trainer_cls(model=job.model, args=args, train_dataset=job.train_dataset, eval_dataset=eval_dataset,
-                           callbacks=callbacks, **job.trainer_kwargs)
+                           callbacks=callbacks, **job.trainer_kwargs, **method_kwargs)

@@ -13,7 +13,7 @@ import transformers
 from jinja2 import TemplateError
 from trl import DPOConfig, DPOTrainer, SFTConfig
 
-from tunelab import adapters, checkpoints, precision, rundir
+from tunelab import adapters, checkpoints, own_methods, precision, rundir
 from tunelab.config import GenerateConfig, ModelConfig, Recipe, trainer_args
 from tunelab.data.chat import (ENDOFTEXT, IM_END, IM_START, TemplateNotUsable, check_replies, end_of_turn_ids,
                                render, set_chat_template)
@@ -262,11 +262,14 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
     model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
     set_stop_tokens(model, tokenizer)
     precision_choice = recipe.decisions.get("precision", {"bf16": args.bf16, "why": "set by the recipe (train.bf16)"})
+    # TRL wraps a PEFT method's model itself (with its own care for 4-bit bases and checkpointing).
+    peft_config = adapters.peft_config(recipe, "causal_lm", model)
+    model = own_methods.apply(model, recipe)
     return Job(model=model, train_dataset=for_trainer(splits.train), eval_dataset=for_trainer(splits.eval),
                evaluate=lambda trained, _: evaluate(trained, tokenizer, recipe, splits.eval.to_list()),
                auto_class="AutoModelForCausalLM",
                trainer_cls=DPOTrainer if stage == "dpo" else SFTTrainerLabelPositions,
-               trainer_kwargs={"processing_class": tokenizer, "peft_config": adapters.peft_config(recipe)},
+               trainer_kwargs={"processing_class": tokenizer, "peft_config": peft_config},
                # The generation config goes with an adapter too, so that its end of turn is kept.
                processors=(tokenizer, model.generation_config), report=splits.report,
                metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),

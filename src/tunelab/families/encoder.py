@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import transformers
-from peft import get_peft_model
 from transformers.utils import logging as hf_logging
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
                           DataCollatorForTokenClassification, DataCollatorWithPadding, TrainingArguments)
@@ -90,9 +89,7 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
         lengths = [len(ids) for ids in ds.map(lambda b: encode(tokenizer, stage, b, None), batched=True)["input_ids"]]
         setattr(splits, name, apply_length_limit(ds, lengths, dataclasses.replace(recipe.data, max_length=limit),
                                                  name, splits.report))
-    peft_config = adapters.peft_config(recipe, task="tag" if stage == "tag" else "classify")
-    if peft_config is not None:
-        model = get_peft_model(model, peft_config)
+    model = adapters.wrap(model, recipe, task="tag" if stage == "tag" else "classify")
     collator = (DataCollatorForTokenClassification if stage == "tag" else DataCollatorWithPadding)(tokenizer)
     return Job(model=model, train_dataset=_tokenized(splits.train, tokenizer, stage, splits.labels, limit),
                eval_dataset=_tokenized(splits.eval, tokenizer, stage, splits.labels, limit),

@@ -16,7 +16,6 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from peft import get_peft_model
 from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                           Seq2SeqTrainingArguments, Trainer, TrainingArguments)
 
@@ -204,9 +203,7 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
         eval_tokens = (_tokenize_text2text(datasets.concatenate_datasets(list(eval_sets.values())), tokenizer,
                                            recipe.data, "eval", report) if wants_eval else None)
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    peft_config = adapters.peft_config(recipe, task="seq2seq")
-    if peft_config is not None:
-        model = get_peft_model(model, peft_config)
+    model = adapters.wrap(model, recipe, task="seq2seq")
 
     def score(trained, _) -> dict:
         if stage == "pretrain":
