@@ -9,6 +9,8 @@ import torch
 import transformers
 
 from tunelab.scratch import bert, clip, qwen2
+from tunelab.scratch.bitfit import apply_bitfit
+from tunelab.scratch.bottleneck import Bottleneck
 from tunelab.scratch.dpo import dpo_loss
 from tunelab.scratch.losses import cross_entropy, perplexity
 from tunelab.scratch.transformer import Seq2Seq, TransformerConfig, sinusoidal_positions
@@ -108,3 +110,30 @@ def test_from_hf_accepts_the_defaults():
     qwen2.Qwen2Config.from_hf(transformers.Qwen2Config())
     bert.BertConfig.from_hf(transformers.BertConfig())
     clip.CLIPConfig.from_hf(transformers.CLIPConfig())
+
+
+def test_bottleneck_adapter_by_hand():
+    """hidden 2, size 1: down = [1, 1] with bias 0, up = [2, -1] with bias [0.5, 0], so with h = x1 + x2 and
+    g = GELU(h) = h Phi(h) (Phi the standard normal distribution function), y = x + [2 g + 0.5, -g].
+
+    GELU(1) = Phi(1) = 0.841345; GELU(-1) = -Phi(-1) = -(1 - 0.841345) = -0.158655; GELU(0) = 0.
+    x = [ 1,    0  ]: h =  1, y = [1 + 1.682689 + 0.5,    0 - 0.841345] = [ 3.182689, -0.841345]
+    x = [-0.5, -0.5]: h = -1, y = [-0.5 - 0.317311 + 0.5, -0.5 + 0.158655] = [-0.317311, -0.341345]
+    x = [ 0,    0  ]: h =  0, y = [0 + 0 + 0.5,          0 - 0       ] = [ 0.5,       0       ]
+    """
+    adapter = Bottleneck(hidden=2, size=1)
+    with torch.no_grad():
+        adapter.down.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        adapter.down.bias.zero_()
+        adapter.up.weight.copy_(torch.tensor([[2.0], [-1.0]]))
+        adapter.up.bias.copy_(torch.tensor([0.5, 0.0]))
+        y = adapter(torch.tensor([[1.0, 0.0], [-0.5, -0.5], [0.0, 0.0]]))
+    expected = torch.tensor([[3.182689, -0.841345], [-0.317311, -0.341345], [0.5, 0.0]])
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=0)
+
+
+def test_bitfit_leaves_only_linear_and_layernorm_biases_trainable():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(3, 4),
+                                torch.nn.Linear(4, 2, bias=False))
+    assert apply_bitfit(model) == ["0.bias", "1.bias"]
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["0.bias", "1.bias"]

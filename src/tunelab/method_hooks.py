@@ -65,7 +65,8 @@ class GradualUnfreezing(TrainerCallback):
         groups = {name: [] for name in [*reversed(blocks), "embeddings"]}
         for name, param in model.named_parameters():
             owner = next((b for b in blocks if name.startswith(b + ".")), None)
-            groups["embeddings" if param is embedding else owner or blocks[-1]].append(param)
+            is_embedding = param is embedding or "embed" in name  # BERT's positions and segments go with its words
+            groups["embeddings" if is_embedding else owner or blocks[-1]].append(param)
         self.names, self.groups = list(groups), list(groups.values())
         per_epoch = max(len(train_dataloader) // args.gradient_accumulation_steps, 1) if train_dataloader else 1
         span = min(round(self.unfreeze_epochs * per_epoch), state.max_steps)

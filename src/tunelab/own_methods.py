@@ -61,6 +61,10 @@ class WithBottleneck(nn.Module):
         self.bottleneck = Bottleneck(base_layer.out_features, size).to(base_layer.weight.device,
                                                                        base_layer.weight.dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:  # models read their projections' weights (T5 casts to wo.weight's dtype)
+        return self.base_layer.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bottleneck(self.base_layer(x))
 

@@ -181,8 +181,8 @@ def check(recipe: Recipe, stage: str) -> None:
     single_train_source(recipe)
     adapters.check_method(recipe)
     if recipe.adapter.method not in ("lora", "full"):
-        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={recipe.adapter.method} does not fit "
-                        f"CLIP's two towers; use lora or full")
+        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={recipe.adapter.method} is not set up "
+                        f"for CLIP's two towers (adapter.freeze); CLIP trains with lora or full")
     if recipe.adapter.freeze and recipe.recipe == "clip.pretrain":
         raise UserError(f"{recipe.origin('adapter.freeze')}: a tower built from scratch cannot stay frozen; "
                         f"adapter.freeze is for fine-tuning")

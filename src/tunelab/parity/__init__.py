@@ -38,7 +38,7 @@ class Result:
 # The README's reading order: from attention to Qwen2 and the other families, then the fine-tuning methods.
 # A module not listed here still runs, after these.
 READING_ORDER = ["transformer", "losses", "qwen2", "rope_scaling", "moe", "decoding", "bert", "t5", "clip", "lora",
-                 "prefix", "dpo"]
+                 "dora", "ia3", "bitfit", "bottleneck", "prefix", "dpo"]
 
 
 def all_checks() -> list[Check]:
