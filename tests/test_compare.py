@@ -46,7 +46,7 @@ def test_compare_shows_the_union_of_metrics_across_families(tmp_path, capsys):
     assert code == 0
     rows = table_rows(out)
     header = rows["run"]
-    assert header[header.index("peak memory") + 1:] == ["perplexity", "accuracy", "rougeL"]  # floats only
+    assert header[header.index("saved") + 1:] == ["perplexity", "accuracy", "rougeL"]  # floats only
     column = {name: header.index(name) for name in header}
     assert rows["sft"][column["perplexity"]] == "1.25" and rows["t5"][column["perplexity"]] == "-"
     assert rows["sft"][column["rougeL"]] == "-" and rows["t5"][column["accuracy"]] == "0.25"
@@ -80,35 +80,52 @@ def test_compare_names_what_is_not_a_finished_run(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def sweep(t5_default, tmp_path_factory):
-    """The default methods on the T5 summarization recipe, with a per-method learning rate for prompt tuning."""
+    """Prompt tuning on the T5 summarization recipe, choosing its learning rate on a validation split (one
+    method: each searched rate is a run of its own, and a run here costs ~12 s, mostly a child process starting)."""
     out = tmp_path_factory.mktemp("sweep") / "t5"
-    result = tunelab("sweep", str(SUMMARIZE), "--output-dir", str(out), *TINY_BUDGET, "prompt:train.learning_rate=0.3")
+    result = tunelab("sweep", str(SUMMARIZE), "--output-dir", str(out), "--methods", "prompt",
+                     "--lr-search", "3e-3,0.3", *TINY_BUDGET)
     return out, result
 
 
 @pytest.mark.recipe
-def test_sweep_trains_every_method_the_recipe_fits_and_ends_with_the_table(sweep):
+def test_sweep_chooses_each_methods_rate_on_validation_and_ends_with_the_table(sweep):
     out, result = sweep
-    assert re.search(r"skipped qlora: .*causal LMs only", result.stdout)
-    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.png", "full", "lora", "prefix", "prompt"]
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.png", "lr-search", "prompt"]
     rows = table_rows(result.stdout)
-    assert list(rows) == ["run", "lora", "prefix", "prompt", "full"] and "rougeL" in rows["run"]
+    assert list(rows) == ["run", "prompt"] and "rougeL" in rows["run"] and "saved" in rows["run"]
     runs = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["runs"]}
-    assert {json.loads((out / m / "metrics.json").read_text())["train"]["steps"] for m in runs} == {2}  # same budget
-    assert runs["prompt"]["learning_rate"] == 0.3
-    assert runs["lora"]["learning_rate"] == runs["full"]["learning_rate"] == 3e-3  # the recipe's
-    share = {m: r["trainable_percent"] for m, r in runs.items()}
-    assert share["full"] == 100 and share["prompt"] < share["lora"] < 100
+    for method in runs:
+        metrics = json.loads((out / method / "metrics.json").read_text())
+        search = metrics["lr_search"]
+        # a text2text eval has no loss: its ROUGE-L decides, higher is better
+        assert search["metric"] == "rougeL" and search["higher_is_better"] and set(search["scores"]) == {"0.003", "0.3"}
+        assert search["chosen"] == float(max(search["scores"], key=search["scores"].get))
+        assert runs[method]["learning_rate"] == search["chosen"] and metrics["train"]["steps"] == 2  # same budget
+        searched = json.loads((out / "lr-search" / method / "lr0.3" / "metrics.json").read_text())["data"]
+        assert searched["evaluated_on"].startswith("validation: 0.1 of the train records")
+        assert "evaluated_on" not in metrics["data"]  # the chosen run is scored on the eval split, unseen before
+        assert searched["train_records"] + searched["eval_records"] == metrics["data"]["train_records"]
+    assert 0 < runs["prompt"]["trainable_percent"] < 1
     assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.unit
+def test_sweep_skips_the_default_methods_a_recipe_cannot_use(tmp_path):
+    from tunelab.sweep import plan_sweep
+
+    plan = plan_sweep(str(SUMMARIZE), TINY_BUDGET, None, str(tmp_path / "sweep"), False)
+    assert list(plan.runs) == ["lora", "prefix", "prompt", "full"]
+    assert len(plan.skipped) == 1 and re.match(r"qlora: .*causal LMs only", plan.skipped[0])
 
 
 @pytest.mark.recipe
 def test_a_second_sweep_into_the_same_runs_is_refused_before_training(sweep, capsys):
     out, _ = sweep
-    before = (out / "lora" / "metrics.json").stat().st_mtime_ns
-    assert_user_error(capsys, r"lora.*runs of an earlier sweep are there; pass --overwrite",
+    before = (out / "prompt" / "metrics.json").stat().st_mtime_ns
+    assert_user_error(capsys, r"prompt.*runs of an earlier sweep are there; pass --overwrite",
                       "sweep", SUMMARIZE, "--output-dir", out, *TINY_BUDGET)
-    assert (out / "lora" / "metrics.json").stat().st_mtime_ns == before
+    assert (out / "prompt" / "metrics.json").stat().st_mtime_ns == before
 
 
 @pytest.mark.unit
@@ -118,6 +135,9 @@ def test_a_second_sweep_into_the_same_runs_is_refused_before_training(sweep, cap
     (["full:train.learning_rate=1e-3", "--methods", "lora,prefix"], r"'full' is not one of the swept methods"),
     (["adapter.method=full"], r"sweep sets adapter.method itself"),
     (["train.no_such_option=1"], r"unknown key 'train.no_such_option'"),
+    (["--lr-search", "1e-3"], r"--lr-search 1e-3: give two or more positive learning rates"),
+    (["--lr-search", "1e-3,fast"], r"--lr-search 1e-3,fast: expected comma-separated learning rates"),
+    (["--lr-search", "1e-3,1e-2", "train.learning_rate=1e-3"], r"--lr-search chooses train.learning_rate itself"),
 ])
 def test_sweep_mistakes_are_refused_before_anything_trains(args, error, tmp_path, capsys):
     assert_user_error(capsys, error, "sweep", SUMMARIZE, "--output-dir", tmp_path / "sweep", *args)

@@ -99,10 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="key.sub=value edits applied to every method; METHOD:key.sub=value "
                                                 "to one method only, e.g. prompt:train.learning_rate=0.3")
-    s.add_argument("--methods", help="comma-separated adapter methods (default: lora,qlora,prefix,prompt,full, "
+    s.add_argument("--methods", help="comma-separated adapter methods, or all (default: lora,qlora,prefix,prompt,full, "
                                      "skipping those the recipe cannot use)")
     s.add_argument("--output-dir", help="parent of the runs, one per method (default: runs/sweep-<recipe name>)")
     s.add_argument("--overwrite", action="store_true", help="replace existing runs of the sweep")
+    s.add_argument("--lr-search", metavar="LR,LR,...", help="choose each method's learning rate among these, by "
+                                                            "its score on a validation split of the train data")
+    s.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the train data the --lr-search runs are scored on (default 0.1)")
 
     rs = sub.add_parser("recipes", help="list the shipped recipes by name (qwen2/sft_lora, ...), or copy one to edit")
     rs_sub = rs.add_subparsers(dest="recipes_action")

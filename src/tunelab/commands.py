@@ -279,17 +279,31 @@ def cmd_compare(args) -> int:
 
 def cmd_sweep(args) -> int:
     from tunelab.compare import compare_runs, table
-    from tunelab.sweep import plan_sweep, train_one
+    from tunelab.sweep import plan_sweep, record_search, search_rate, train_one
 
-    plan = plan_sweep(args.recipe, args.overrides, args.methods, args.output_dir, args.overwrite)
+    plan = plan_sweep(args.recipe, args.overrides, args.methods, args.output_dir, args.overwrite, args.lr_search,
+                      args.validation_fraction)
     print(f"sweep: {', '.join(plan.runs)} on {args.recipe}, same data and budget, runs in {plan.out_root}/")
     for reason in plan.skipped:
         print(f"  skipped {reason}")
     failed = []
     for method in plan.runs:
+        search = None
+        if plan.learning_rates:
+            print(f"\n=== {method}: learning rates {', '.join(f'{r:g}' for r in plan.learning_rates)} on a "
+                  f"validation split ===", flush=True)
+            search = search_rate(plan, method)
+            if search is None:
+                failed.append(method)
+                continue
+            print(f"{method}: chose learning rate {search['chosen']:g} ({search['metric']}: "
+                  + ", ".join(f"{r} {v:.4g}" for r, v in search["scores"].items()) + ")")
         print(f"\n=== {method} ===", flush=True)
-        if not train_one(plan, method):
+        extra = (f"train.learning_rate={search['chosen']}",) if search else ()
+        if not train_one(plan, method, extra):
             failed.append(method)
+        elif search:
+            record_search(plan.out_root / method, search)
     finished = [plan.out_root / m for m in plan.runs if m not in failed]
     if finished:
         chart = plan.out_root / "compare.png"

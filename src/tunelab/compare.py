@@ -1,7 +1,7 @@
 """`tunelab compare RUN_DIR ...`: finished runs side by side, read from their recipe.yaml and metrics.json.
 
 One table (method, learning rate, trainable parameters and their share, train time, non-padding tokens/s,
-peak memory, then every task metric any run has: "-" where a run lacks it), a PNG bar chart of the task
+peak memory, size of the saved weights, then every task metric any run has: "-" where a run lacks it), a PNG bar chart of the task
 metrics all runs share plus throughput, memory and trainable share, and compare.json beside the chart.
 Runs of different recipe families compare as far as their metrics overlap.
 """
@@ -16,7 +16,7 @@ from tunelab import checkpoints, rundir
 from tunelab.errors import UserError
 
 SHARED_COSTS = [("tokens_per_second", "non-padding tokens/s"), ("peak_memory_mb", "peak memory (MB)"),
-                ("trainable_percent", "trainable parameters (%)")]
+                ("trainable_percent", "trainable parameters (%)"), ("saved_mb", "saved weights (MB)")]
 
 
 def compare_runs(run_dirs: list[Path], chart: Path) -> list[dict]:
@@ -53,6 +53,7 @@ def read_run(run_dir: Path) -> dict:
         "tokens_per_second": train.get("tokens_per_second"),
         "peak_memory_mb": cuda if cuda is not None else metrics.get("peak_rss_mb"),
         "memory_kind": "CUDA" if cuda is not None else "RSS",
+        "saved_mb": metrics.get("saved_weights_mb"),  # the adapter's size on disk (the whole model's for full)
         # Only top-level floats are scores: counts (n), settings and sample lists sit beside them.
         "metrics": {k: v for k, v in metrics.get("eval", {}).items() if isinstance(v, float) and math.isfinite(v)},
     }
@@ -87,12 +88,13 @@ def _number(value, fmt: str) -> str:
 def table(runs: list[dict]) -> str:
     """A Markdown table, readable in a terminal and pasteable into a README."""
     metrics = metric_names(runs, shared=False)
-    header = ["run", "method", "lr", "trainable", "share", "train time", "tokens/s", "peak memory", *metrics]
+    header = ["run", "method", "lr", "trainable", "share", "train time", "tokens/s", "peak memory", "saved", *metrics]
     rows = [[r["run"], r["method"], _number(r["learning_rate"], "g"), _number(r["trainable_params"], ","),
              _number(r["trainable_percent"], ".2f") + "%" * (r["trainable_percent"] is not None),
              _number(r["train_time_s"], ".1f") + " s" * (r["train_time_s"] is not None),
              _number(r["tokens_per_second"], ",.0f"),
              f"{r['peak_memory_mb']:,.0f} MB {r['memory_kind']}" if r["peak_memory_mb"] is not None else "-",
+             _number(r["saved_mb"], ".3g") + " MB" * (r["saved_mb"] is not None),
              *[_number(r["metrics"].get(k), ".4g") for k in metrics]] for r in runs]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     text_columns = 2  # run and method read left-aligned, figures right-aligned

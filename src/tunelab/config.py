@@ -158,6 +158,9 @@ class DataConfig:
                       "the last assistant reply only, or every token.", ("assistant", "last_assistant", "all"))
     max_train_samples: int | None = _f(None, "Use at most this many train records (of a mixture: after weighting).")
     max_eval_samples: int | None = _f(None, "Use at most this many eval records.")
+    validation_fraction: float | None = _f(None, "Hold this share of the train records out as a validation split "
+                                           "and evaluate on it instead of the eval split, which stays unseen: for "
+                                           "choosing settings (tunelab sweep --lr-search). None: evaluate on eval.")
 
     def check(self, section: str, recipe: Recipe) -> None:
         if self.train == []:

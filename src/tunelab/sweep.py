@@ -6,22 +6,32 @@ learning rate included: `METHOD:key=value` changes one method only (`prompt:trai
 Everything is checked before the first run starts: each method against the recipe (a method the recipe cannot
 use is skipped with its reason when the list is the default one, refused when the user named it), and
 existing runs (refused without --overwrite).
+
+`--lr-search 1e-4,1e-3,1e-2`: methods want different learning rates (prompt tuning 0.3, full fine-tuning 1e-5),
+so one shared rate favours some. Each method first trains once per rate on the train data less a validation
+split (data.validation_fraction); the rate with the best validation score is chosen, and the method's run trains
+at it on all the train data and is scored on the eval split, which the search never saw. The search's scores and
+the choice are in that run's metrics.json under `lr_search`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab import training
+from tunelab import rundir, training
 from tunelab.config import AdapterConfig, load_recipe, split_overrides
 from tunelab.errors import UserError
 from tunelab.families import family_of
 
 DEFAULT_METHODS = ("lora", "qlora", "prefix", "prompt", "full")
+# How a search run is scored, best first: the first of these its eval metrics have; True where higher is better.
+SELECTION = (("eval_loss", False), ("accuracy", True), ("f1", True), ("rougeL", True))
+SEARCH_DIR = "lr-search"
 
 
 @dataclass
@@ -32,20 +42,30 @@ class SweepPlan:
     runs: dict[str, list[str]]  # method -> its overrides
     skipped: list[str] = field(default_factory=list)  # "method: why it cannot train this recipe"
     overwrite: bool = False
+    learning_rates: list[float] = field(default_factory=list)  # --lr-search: each method's candidates
+    validation_fraction: float = 0.1
+
+    def search_dir(self, method: str, rate: float) -> Path:
+        return self.out_root / SEARCH_DIR / method / f"lr{rate:g}"
 
 
 def plan_sweep(recipe: str, overrides: list[str], methods: str | None, output_dir: str | None,
-               overwrite: bool) -> SweepPlan:
+               overwrite: bool, lr_search: str | None = None, validation_fraction: float = 0.1) -> SweepPlan:
     """Check every method against the recipe and the run directories before anything trains. Methods the user
     named must fit; of the default list, those that do not are skipped with their reason."""
     chosen = _method_list(methods)
+    rates = _rates(lr_search)
+    if rates and not 0 < validation_fraction < 1:
+        raise UserError(f"--validation-fraction {validation_fraction:g}: should be between 0 and 1")
     shared, per_method = _split_overrides(overrides, chosen)
+    if rates and any(e.partition("=")[0].rpartition(":")[2] == "train.learning_rate" for e in overrides):
+        raise UserError("--lr-search chooses train.learning_rate itself; drop the learning-rate override")
     out_root = Path(output_dir or Path("runs") / f"sweep-{Path(recipe).stem}")
     runs, skipped = {}, []
     for method in chosen:
         edits = [*shared, *per_method[method], f"adapter.method={method}"]
         refusal = _check(recipe, edits, out_root / method)
-        if refusal and methods:
+        if refusal and methods and methods != "all":
             raise UserError(f"--methods {method}: {refusal}")
         if refusal:
             skipped.append(f"{method}: {refusal}")
@@ -53,22 +73,65 @@ def plan_sweep(recipe: str, overrides: list[str], methods: str | None, output_di
             runs[method] = edits
     if not runs:
         raise UserError(f"{recipe}: none of the methods fits this recipe:\n  " + "\n  ".join(skipped))
-    _check_free([out_root / m for m in runs], overwrite)
-    return SweepPlan(recipe, out_root, runs, skipped, overwrite)
+    plan = SweepPlan(recipe, out_root, runs, skipped, overwrite, rates, validation_fraction)
+    _check_free([out_root / m for m in runs] + [plan.search_dir(m, r) for m in runs for r in rates], overwrite)
+    return plan
 
 
-def train_one(plan: SweepPlan, method: str) -> bool:
+def train_one(plan: SweepPlan, method: str, extra: tuple[str, ...] = (), out: Path | None = None) -> bool:
     """Train one method's run as `tunelab train` would, in a child process, so that each run's peak memory is
     its own (ru_maxrss and the CUDA peak counters only ever grow within a process). True if it finished."""
-    cmd = [sys.executable, "-m", "tunelab", "train", plan.recipe, *plan.runs[method],
-           "--output-dir", str(plan.out_root / method), *["--overwrite"] * plan.overwrite]
+    cmd = [sys.executable, "-m", "tunelab", "train", plan.recipe, *plan.runs[method], *extra,
+           "--output-dir", str(out or plan.out_root / method), *["--overwrite"] * plan.overwrite]
     return subprocess.run(cmd).returncode == 0
 
 
+def search_rate(plan: SweepPlan, method: str) -> dict | None:
+    """Train the method once per candidate rate on the train data less the validation split; the scores and
+    the chosen rate, or None if no search run finished."""
+    scores = {}
+    for rate in plan.learning_rates:
+        out = plan.search_dir(method, rate)
+        if train_one(plan, method, (f"train.learning_rate={rate}", f"data.validation_fraction="
+                                    f"{plan.validation_fraction}"), out):
+            scores[rate] = rundir.read_metrics(out).get("eval", {})
+    metric = next(((name, higher) for name, higher in SELECTION
+                   if scores and all(_finite(s.get(name)) for s in scores.values())), None)
+    if metric is None:
+        return None
+    name, higher = metric
+    chosen = (max if higher else min)(scores, key=lambda rate: scores[rate][name])
+    return {"metric": name, "higher_is_better": higher, "validation_fraction": plan.validation_fraction,
+            "scores": {f"{rate:g}": scores[rate][name] for rate in scores}, "chosen": chosen}
+
+
+def record_search(run: Path, search: dict) -> None:
+    metrics = rundir.read_metrics(run)
+    metrics["lr_search"] = search
+    rundir.write_json(run / "metrics.json", metrics)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _rates(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise UserError(f"--lr-search {text}: expected comma-separated learning rates, e.g. 1e-4,1e-3,1e-2") from None
+    if len(rates) < 2 or any(not 0 < r < math.inf for r in rates):
+        raise UserError(f"--lr-search {text}: give two or more positive learning rates, e.g. 1e-4,1e-3,1e-2")
+    return list(dict.fromkeys(rates))
+
+
 def _method_list(text: str | None) -> list[str]:
-    """The methods in the order given, once each."""
-    methods = list(dict.fromkeys(m.strip() for m in (text or ",".join(DEFAULT_METHODS)).split(",") if m.strip()))
+    """The methods in the order given, once each; `all`: every method."""
     known = next(f for f in dataclasses.fields(AdapterConfig) if f.name == "method").metadata["choices"]
+    text = ",".join(known) if text == "all" else text
+    methods = list(dict.fromkeys(m.strip() for m in (text or ",".join(DEFAULT_METHODS)).split(",") if m.strip()))
     unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise UserError(f"--methods {text}: {', '.join(unknown) or 'no method'} (the methods: {', '.join(known)})")

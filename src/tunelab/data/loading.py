@@ -107,6 +107,11 @@ def load_splits(recipe: Recipe, allowed_formats: tuple[str, ...]) -> Splits:
         eval_ds, eval_where = _load(d.eval, d, None, names, f"the train data ({', '.join(train_sources(d))})", way_out)
     else:
         eval_ds, eval_where = held_out
+    if d.validation_fraction is not None:
+        # Settings chosen on the eval split would be tuned to the test: evaluate on part of train instead.
+        (train, train_where), (eval_ds, eval_where) = mixture.hold_out((train, train_where), recipe, "data.train",
+                                                                       "validation_fraction")
+        report["evaluated_on"] = f"validation: {d.validation_fraction:g} of the train records (data.eval unseen)"
     if d.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(d.max_eval_samples, len(eval_ds))))
         eval_where = eval_where[:len(eval_ds)]

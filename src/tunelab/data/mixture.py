@@ -18,16 +18,19 @@ from tunelab.errors import UserError
 Part = tuple[datasets.Dataset, list[str]]  # records, and each one's file:line
 
 
-def hold_out(part: Part, recipe: Recipe, name: str) -> tuple[Part, Part]:
-    """(train, eval): data.eval_fraction of the records held out, drawn by data.seed."""
+def hold_out(part: Part, recipe: Recipe, name: str, key: str = "eval_fraction") -> tuple[Part, Part]:
+    """(train, held out): data.eval_fraction (or data.validation_fraction) of the records, drawn by data.seed."""
     d = recipe.data
     ds, where = part
-    if not 0 < d.eval_fraction < 1:
-        raise UserError(f"{recipe.origin('data.eval_fraction')}: with no data.eval, data.eval_fraction must be "
-                        f"between 0 and 1 (got {d.eval_fraction})")
+    fraction = getattr(d, key)
+    if not 0 < fraction < 1:
+        held = "no data.eval" if key == "eval_fraction" else "a validation split"
+        raise UserError(f"{recipe.origin('data.' + key)}: with {held}, data.{key} must be between 0 and 1 "
+                        f"(got {fraction})")
     if len(ds) < 2:
-        raise UserError(f"{name}: {len(ds)} record is too few to hold out an eval split; give data.eval")
-    parts = ds.add_column("_row", range(len(ds))).train_test_split(test_size=d.eval_fraction, seed=d.seed)
+        split = "an eval split; give data.eval" if key == "eval_fraction" else "a validation split"
+        raise UserError(f"{name}: {len(ds)} record is too few to hold out {split}")
+    parts = ds.add_column("_row", range(len(ds))).train_test_split(test_size=fraction, seed=d.seed)
     train, test = ((parts[s].remove_columns("_row"), [where[row] for row in parts[s]["_row"]]) for s in ("train", "test"))
     return train, test
 

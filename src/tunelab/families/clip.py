@@ -183,6 +183,9 @@ def check(recipe: Recipe, stage: str) -> None:
     if recipe.adapter.method not in ("lora", "full"):
         raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={recipe.adapter.method} is not set up "
                         f"for CLIP's two towers (adapter.freeze); CLIP trains with lora or full")
+    if recipe.data.validation_fraction is not None:
+        raise UserError(f"{recipe.origin('data.validation_fraction')}: a CLIP recipe scores on data.eval only "
+                        f"(no validation split); drop data.validation_fraction")
     if recipe.adapter.freeze and recipe.recipe == "clip.pretrain":
         raise UserError(f"{recipe.origin('adapter.freeze')}: a tower built from scratch cannot stay frozen; "
                         f"adapter.freeze is for fine-tuning")
