@@ -157,5 +157,5 @@ def test_bad_clip_input_is_one_line_and_exit_2(capsys, clip_default, tmp_path):
 
     assert_user_error(capsys, r"eval set has 12 pairs, too few for recall@20", "train", recipe, *out,
                       f"data.eval={captions}", "eval.recall_k=[1,20]")
-    assert_user_error(capsys, r"adapter.method=prefix does not fit CLIP", "train", recipe, *out, "adapter.method=prefix")
+    assert_user_error(capsys, r"adapter.method=prefix is not set up for CLIP", "train", recipe, *out, "adapter.method=prefix")
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()

@@ -137,7 +137,7 @@ def test_a_second_sweep_into_the_same_runs_is_refused_before_training(sweep, cap
     (["train.no_such_option=1"], r"unknown key 'train.no_such_option'"),
     (["--lr-search", "1e-3"], r"--lr-search 1e-3: give two or more positive learning rates"),
     (["--lr-search", "1e-3,fast"], r"--lr-search 1e-3,fast: expected comma-separated learning rates"),
-    (["--lr-search", "1e-3,1e-2", "train.learning_rate=1e-3"], r"--lr-search chooses train.learning_rate itself"),
+    (["--lr-search", "1e-3,1e-2", "train.learning_rate=1e-3"], r"--lr-search with rates chooses train.learning_rate"),
 ])
 def test_sweep_mistakes_are_refused_before_anything_trains(args, error, tmp_path, capsys):
     assert_user_error(capsys, error, "sweep", SUMMARIZE, "--output-dir", tmp_path / "sweep", *args)

@@ -81,6 +81,19 @@ def test_method_on_minilm_classifies_and_reloads(method, tmp_path, capsys):
     assert _metrics(run)["eval"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
 
 
+def test_lora_options_train_and_reload(tmp_path, capsys):
+    """rsLoRA, PiSSA's start (which rewrites the base weights: the reload must redo it) and LoRA+ in one run."""
+    run = tmp_path / "options"
+    options = ["adapter.use_rslora=true", "adapter.init=pissa", "adapter.loraplus_lr_ratio=16"]
+    code, out, err = run_cli(capsys, "train", SFT, *options, *QWEN_QUICK, "--output-dir", run)
+    assert code == 0 and "note:" not in out, err
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert saved["use_rslora"] is True and saved["init_lora_weights"] == "pissa"
+    before = _metrics(run)["eval"]["perplexity"]
+    assert run_cli(capsys, "eval", run)[0] == 0
+    assert _metrics(run)["eval"]["perplexity"] == pytest.approx(before, rel=1e-4)
+
+
 # ---------------------------------------------------------------- units
 
 def test_own_methods_train_what_they_name():

@@ -21,7 +21,7 @@ def _trainer(tmp_path, method: str):
     args = causal_lm.build_args(recipe, "sft", tmp_path)
     model, tokenizer, splits = causal_lm.model_and_data(recipe, "sft", args.seed)
     return SFTTrainerLabelPositions(model=model, args=args, train_dataset=causal_lm.for_trainer(splits.train),
-                                    processing_class=tokenizer, peft_config=adapters.peft_config(recipe))
+                                    processing_class=tokenizer, peft_config=adapters.peft_config(recipe, "causal_lm", model))
 
 
 def _loss_and_grads(trainer, batch, ours: bool):
@@ -56,3 +56,14 @@ def test_prompt_learning_goes_to_trls_own_loss(tmp_path):
     trainer = _trainer(tmp_path, "prompt")
     batch = next(iter(trainer.get_train_dataloader()))
     assert not trainer._plain_nll(trainer.model, batch)
+
+
+def test_adalora_trains_on_the_models_loss_with_its_orthogonality_penalty(tmp_path):
+    """TRL computes its loss from the logits, which drops the penalty AdaLoRA adds to the model's own loss:
+    on the same batch, the loss tunelab trains on is TRL's plus that penalty."""
+    trainer = _trainer(tmp_path, "adalora")
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    trl = super(SFTTrainerLabelPositions, trainer).compute_loss(trainer.model, dict(batch))
+    penalty = trainer.model.peft_config["default"].orth_reg_weight
+    assert penalty > 0 and loss > trl + 1e-3

@@ -49,8 +49,10 @@ NOISY = 1.5  # a mean step this much above the median step says other work slowe
 EVAL_GAP = 0.05  # an eval loss this far from the baseline's: its speed was not bought at equal loss
 PEAK_SIZE = 2048  # the matmul that measures the machine's peak: (PEAK_SIZE, PEAK_SIZE) @ (PEAK_SIZE, PEAK_SIZE)
 PEAK_SECONDS = 2.0  # time the peak matmul at least 3 and at most 10 times, stopping after this long
-METHODS = ("full", "lora", "qlora", "dora", "adalora", "ia3", "ln_tuning", "bitfit", "embedding", "last_layers",
-           "bottleneck", "gradual_unfreeze", "prefix", "prompt")
+METHODS = ("full", "lora", "qlora", "prefix", "prompt")
+# Benched when named in --variants (each is a process and a run: the default bench stays short).
+MORE_METHODS = ("dora", "adalora", "ia3", "ln_tuning", "bitfit", "embedding", "last_layers", "bottleneck",
+                "gradual_unfreeze")
 PEAK_MEMORY_NOTE = ("CPU: the peak resident set (ru_maxrss) of the variant's own process over its whole life, "
                     "model loading and the Python runtime included; CUDA: torch.cuda.max_memory_allocated and "
                     "max_memory_reserved during training, in the variant's own process")
@@ -69,6 +71,7 @@ class Variant:
     method: str | None = None  # a method row: trains at the learning rate of its sibling recipe sft_<method>.yaml
     needs: str | None = None  # "cuda", or "bf16": CUDA or a CPU with bf16 instructions
     unavailable: str | None = None  # why it cannot run with what is installed
+    by_default: bool = True  # run when --variants is not given
 
 
 VARIANTS = (
@@ -79,6 +82,8 @@ VARIANTS = (
     Variant("grouped", "layout: grouped by length, padded", ("train.train_sampling_strategy=group_by_length",)),
     Variant("packed", "layout: packed, padding-free", ("train.packing=true", "train.padding_free=true")),
     *(Variant(method, f"method: {method}", (f"adapter.method={method}",), method=method) for method in METHODS),
+    *(Variant(method, f"method: {method}", (f"adapter.method={method}",), method=method, by_default=False)
+      for method in MORE_METHODS),
     Variant("fp32", "precision: fp32", ("train.bf16=false",)),
     Variant("bf16", "precision: bf16 autocast", ("train.bf16=true",), needs="bf16"),
     Variant("sdpa", "attention: sdpa", ("model.attn_implementation=sdpa",), needs="cuda"),
@@ -107,7 +112,7 @@ def _why_not(variant: Variant, cuda: bool) -> str | None:
 
 def select(names: str | None, baseline: str, cuda: bool) -> tuple[list[Variant], dict[str, str]]:
     """(the variants to run, the baseline first; {name: why skipped}) for the --variants text."""
-    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else [v.name for v in VARIANTS]
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else [v.name for v in VARIANTS if v.by_default]
     for name in [baseline, *wanted]:
         if name not in BY_NAME:
             raise UserError(f"unknown bench variant {name!r}; choose from: {', '.join(BY_NAME)}")

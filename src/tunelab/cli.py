@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "skipping those the recipe cannot use)")
     s.add_argument("--output-dir", help="parent of the runs, one per method (default: runs/sweep-<recipe name>)")
     s.add_argument("--overwrite", action="store_true", help="replace existing runs of the sweep")
-    s.add_argument("--lr-search", metavar="LR,LR,...", help="choose each method's learning rate among these, by "
-                                                            "its score on a validation split of the train data")
+    s.add_argument("--lr-search", metavar="LR,LR,...", help="choose each method's learning rate among these (or "
+                                                            "x0.3,x1,x3: multiples of its own), by its score on a "
+                                                            "validation split of the train data")
     s.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the train data the --lr-search runs are scored on (default 0.1)")
 

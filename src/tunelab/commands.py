@@ -290,7 +290,7 @@ def cmd_sweep(args) -> int:
     for method in plan.runs:
         search = None
         if plan.learning_rates:
-            print(f"\n=== {method}: learning rates {', '.join(f'{r:g}' for r in plan.learning_rates)} on a "
+            print(f"\n=== {method}: learning rates {', '.join(f'{r:g}' for r in plan.rates(method))} on a "
                   f"validation split ===", flush=True)
             search = search_rate(plan, method)
             if search is None:

@@ -8,7 +8,9 @@ use is skipped with its reason when the list is the default one, refused when th
 existing runs (refused without --overwrite).
 
 `--lr-search 1e-4,1e-3,1e-2`: methods want different learning rates (prompt tuning 0.3, full fine-tuning 1e-5),
-so one shared rate favours some. Each method first trains once per rate on the train data less a validation
+so one shared rate favours some. `--lr-search x0.3,x1,x3` searches around each method's own rate instead (the
+recipe's, or the one a `METHOD:train.learning_rate=...` override gives it). Each method first trains once per
+rate on the train data less a validation
 split (data.validation_fraction); the rate with the best validation score is chosen, and the method's run trains
 at it on all the train data and is scored on the eval split, which the search never saw. The search's scores and
 the choice are in that run's metrics.json under `lr_search`.
@@ -42,8 +44,18 @@ class SweepPlan:
     runs: dict[str, list[str]]  # method -> its overrides
     skipped: list[str] = field(default_factory=list)  # "method: why it cannot train this recipe"
     overwrite: bool = False
-    learning_rates: list[float] = field(default_factory=list)  # --lr-search: each method's candidates
+    learning_rates: list[str] = field(default_factory=list)  # --lr-search: rates, or xF multiples of a method's own
     validation_fraction: float = 0.1
+
+    def rates(self, method: str) -> list[float]:
+        """The method's candidate learning rates: as given, or multiples of its own rate."""
+        own = None
+        if any(r.startswith("x") for r in self.learning_rates):
+            own = _float_or_none(load_recipe(self.recipe, self.runs[method]).train.get("learning_rate"))
+            if own is None:
+                raise UserError(f"--lr-search {','.join(self.learning_rates)}: {method} has no train.learning_rate "
+                                f"to multiply; give one in the recipe or as {method}:train.learning_rate=...")
+        return [float(f"{own * float(r[1:]):.3g}") if r.startswith("x") else float(r) for r in self.learning_rates]
 
     def search_dir(self, method: str, rate: float) -> Path:
         return self.out_root / SEARCH_DIR / method / f"lr{rate:g}"
@@ -58,8 +70,10 @@ def plan_sweep(recipe: str, overrides: list[str], methods: str | None, output_di
     if rates and not 0 < validation_fraction < 1:
         raise UserError(f"--validation-fraction {validation_fraction:g}: should be between 0 and 1")
     shared, per_method = _split_overrides(overrides, chosen)
-    if rates and any(e.partition("=")[0].rpartition(":")[2] == "train.learning_rate" for e in overrides):
-        raise UserError("--lr-search chooses train.learning_rate itself; drop the learning-rate override")
+    absolute = any(not r.startswith("x") for r in rates)
+    if absolute and any(e.partition("=")[0].rpartition(":")[2] == "train.learning_rate" for e in overrides):
+        raise UserError("--lr-search with rates chooses train.learning_rate itself; drop the learning-rate override "
+                        "(or search around it: --lr-search x0.3,x1,x3)")
     out_root = Path(output_dir or Path("runs") / f"sweep-{Path(recipe).stem}")
     runs, skipped = {}, []
     for method in chosen:
@@ -74,7 +88,8 @@ def plan_sweep(recipe: str, overrides: list[str], methods: str | None, output_di
     if not runs:
         raise UserError(f"{recipe}: none of the methods fits this recipe:\n  " + "\n  ".join(skipped))
     plan = SweepPlan(recipe, out_root, runs, skipped, overwrite, rates, validation_fraction)
-    _check_free([out_root / m for m in runs] + [plan.search_dir(m, r) for m in runs for r in rates], overwrite)
+    _check_free([out_root / m for m in runs] + [plan.search_dir(m, r) for m in runs for r in plan.rates(m)],
+                overwrite)
     return plan
 
 
@@ -90,7 +105,7 @@ def search_rate(plan: SweepPlan, method: str) -> dict | None:
     """Train the method once per candidate rate on the train data less the validation split; the scores and
     the chosen rate, or None if no search run finished."""
     scores = {}
-    for rate in plan.learning_rates:
+    for rate in plan.rates(method):
         out = plan.search_dir(method, rate)
         if train_one(plan, method, (f"train.learning_rate={rate}", f"data.validation_fraction="
                                     f"{plan.validation_fraction}"), out):
@@ -115,16 +130,25 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _rates(text: str | None) -> list[float]:
+def _rates(text: str | None) -> list[str]:
+    """The --lr-search items, checked: positive numbers, or xF multiples of each method's own rate."""
     if not text:
         return []
-    try:
-        rates = [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise UserError(f"--lr-search {text}: expected comma-separated learning rates, e.g. 1e-4,1e-3,1e-2") from None
-    if len(rates) < 2 or any(not 0 < r < math.inf for r in rates):
+    items = list(dict.fromkeys(r.strip() for r in text.split(",") if r.strip()))
+    values = [_float_or_none(r.removeprefix("x")) for r in items]
+    if any(v is None for v in values):
+        raise UserError(f"--lr-search {text}: expected comma-separated learning rates (1e-4,1e-3,1e-2) or multiples "
+                        f"of each method's own rate (x0.3,x1,x3)")
+    if len(items) < 2 or any(not 0 < v < math.inf for v in values):
         raise UserError(f"--lr-search {text}: give two or more positive learning rates, e.g. 1e-4,1e-3,1e-2")
-    return list(dict.fromkeys(rates))
+    return items
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _method_list(text: str | None) -> list[str]:

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import Trainer
 from trl import SFTTrainer
 
 
 class SFTTrainerLabelPositions(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._adalora(model):
+            # AdaLoRA adds its orthogonality penalty to the loss the model computes from labels; TRL computes
+            # its loss from the logits, which would drop the penalty. The Trainer's own takes the model's loss.
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
         if return_outputs or not model.training or not self._plain_nll(model, inputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -33,6 +39,10 @@ class SFTTrainerLabelPositions(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         return loss
+
+    def _adalora(self, model) -> bool:
+        peft_config = getattr(self.accelerator.unwrap_model(model), "active_peft_config", None)
+        return getattr(peft_config, "peft_type", None) == "ADALORA"
 
     def _plain_nll(self, model, inputs) -> bool:
         """The case handled here: plain next-token NLL, on the CPU, without virtual prompt tokens (which
