@@ -247,3 +247,19 @@ def test_dpo_run_records_the_mixture_in_metrics(tmp_path):
     assert [(m["path"], m["records"], m["used"], m["held_out"]) for m in data["mixture"]] == \
         [("builtin:preference_train", 80, 160, 0), ("builtin:extract_preference_train", 192, 48, 0)]
     assert data["train_records"] == 208 and data["eval_records"] == 20
+
+
+# ---------------------------------------------------------------- a validation split for choosing settings
+
+@pytest.mark.unit
+def test_validation_split_comes_from_train_and_leaves_eval_alone(tmp_path, files):
+    """data.validation_fraction (sweep --lr-search): scored on part of train; the eval split is not read into it."""
+    recipe = write_recipe(tmp_path, f" {files['a']}", f"  eval: {files['c']}\n")
+    plain = load_splits(load_recipe(recipe), CHAT)
+    searched = load_splits(load_recipe(recipe, ["data.validation_fraction=0.3"]), CHAT)
+    assert (len(searched.train), len(searched.eval)) == (7, 3) and len(plain.eval) == 5
+    assert per_source(searched.where["eval"]) == {"a": 3}  # none of data.eval's records
+    assert set(searched.where["train"]).isdisjoint(searched.where["eval"])
+    assert searched.report["evaluated_on"].startswith("validation: 0.3 of the train records")
+    with pytest.raises(UserError, match=r"data\.validation_fraction must be between 0 and 1 \(got 1\.5\)"):
+        load_splits(load_recipe(recipe, ["data.validation_fraction=1.5"]), CHAT)

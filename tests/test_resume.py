@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from conftest import REPO, RECIPES
+from conftest import REPO, RECIPES, run_cli
 
 pytestmark = pytest.mark.slow
 ARGS = ["train.max_steps=30", "train.save_steps=5", "train.logging_steps=1", "eval.max_samples=4",
         "train.save_total_limit=10"]
 
 
-def test_interrupted_run_resumes_to_the_same_final_step(tmp_path):
+def test_interrupted_run_resumes_to_the_same_final_step(tmp_path, capsys):
     out = tmp_path / "run"
     staging = tmp_path / "run.partial"
     cmd = [sys.executable, "-m", "tunelab", "train", str(RECIPES / "sft_lora.yaml"), "--output-dir", str(out), *ARGS]
@@ -30,11 +30,12 @@ def test_interrupted_run_resumes_to_the_same_final_step(tmp_path):
     done = sorted(int(p.name.split("-")[1]) for p in staging.glob("checkpoint-*"))
     assert done and max(done) < 30
 
-    refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    # In this process from here: the kill above is the part that needs a child.
+    code, _, err = run_cli(capsys, *cmd[3:])
+    assert code == 2 and "pass --resume" in err
 
-    resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    code, _, err = run_cli(capsys, *cmd[3:], "--resume")
+    assert code == 0, err[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 30
     steps = [json.loads(l)["step"] for l in (out / "train_log.jsonl").read_text().splitlines()]

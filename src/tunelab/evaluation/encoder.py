@@ -93,7 +93,11 @@ def _classification(model, tokenizer, recipe: Recipe, stage: str, names: list[st
     ids = list(range(len(names)))
     matrix = confusion_matrix(truth, predicted, labels=ids)
     report = classification_report(truth, predicted, labels=ids, target_names=names, output_dict=True, zero_division=0)
-    out = {"accuracy": accuracy_score(truth, predicted),
+    # The mean cross-entropy of the true classes, the loss the head trained on: it still ranks settings when
+    # they all reach accuracy 1 (tunelab sweep --lr-search chooses on it).
+    true_probs = probs[torch.arange(len(truth)), torch.tensor(truth, dtype=torch.long)]
+    out = {"eval_loss": -true_probs.clamp(min=1e-12).log().mean().item(),
+           "accuracy": accuracy_score(truth, predicted),
            "macro_f1": sk_f1(truth, predicted, labels=ids, average="macro", zero_division=0),
            "per_class": {n: {k.replace("-score", ""): v for k, v in report[n].items()} for n in names},
            "confusion_matrix": {"labels": names, "rows_true_cols_predicted": matrix.tolist()}}
