@@ -73,7 +73,7 @@ def chart(panels: list[tuple[str, list[dict], str]]) -> None:
 
 def main(minilm: str, smollm2: str) -> None:
     encoder, decoder = runs(Path(minilm)), runs(Path(smollm2))
-    print(table(encoder, [("accuracy", "accuracy"), ("macro_f1", "macro F1")]) + "\n")
+    print(table(encoder, [("accuracy", "accuracy"), ("eval_loss", "held-out loss")]) + "\n")
     print(table(decoder, [("accuracy", "exact match"), ("rougeL", "ROUGE-L"), ("perplexity", "task ppl")]))
     chart([("MiniLM, intent classification (held-out templates)", encoder, "accuracy"),
            ("SmolLM2-135M-Instruct, JSON extraction EN+ZH", decoder, "accuracy")])
