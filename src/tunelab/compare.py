@@ -45,7 +45,7 @@ def read_run(run_dir: Path) -> dict:
         "path": str(run_dir),
         "recipe": recipe.recipe,
         "method": recipe.adapter.method,
-        "learning_rate": _float_or_none(recipe.train.get("learning_rate")),
+        "learning_rate": float_or_none(recipe.train.get("learning_rate")),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100 * trainable / total if trainable and total else None,
@@ -59,7 +59,7 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
-def _float_or_none(value) -> float | None:
+def float_or_none(value) -> float | None:
     """YAML reads 1e-2 (no dot) as text; the trainer converts it, and so does compare."""
     try:
         return float(value)

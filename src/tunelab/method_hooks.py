@@ -13,6 +13,7 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import TrainerCallback
 
 from tunelab import own_methods
+from tunelab.adapters import LORA_LIKE
 from tunelab.config import Recipe
 
 ADAPTER = "default"  # the one adapter every tunelab run trains, under PEFT's default name
@@ -115,7 +116,7 @@ def callbacks(recipe: Recipe) -> list:
 
 def trainer_kwargs(recipe: Recipe, args) -> dict:
     a = recipe.adapter
-    if a.loraplus_lr_ratio is None or a.method not in ("lora", "qlora", "dora"):
+    if a.loraplus_lr_ratio is None or a.method not in LORA_LIKE:
         return {}
     return {"optimizer_cls_and_kwargs": (LoraPlusOptimizer(), {
         "lr": args.learning_rate, "loraplus_lr_ratio": a.loraplus_lr_ratio, "weight_decay": args.weight_decay,

@@ -69,9 +69,14 @@ class WithBottleneck(nn.Module):
         return self.bottleneck(self.base_layer(x))
 
 
+def _norms(model: nn.Module) -> list[str]:
+    """The names of the norm layers (LayerNorm, RMSNorm, T5LayerNorm...)."""
+    return [name for name, m in model.named_modules() if name and "Norm" in type(m).__name__]
+
+
 def norm_names(model: nn.Module) -> list[str]:
-    """The last name part of every norm layer (LayerNorm, RMSNorm, T5LayerNorm...), as PEFT's target_modules."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and "Norm" in type(m).__name__})
+    """The last name part of every norm layer, as PEFT's target_modules."""
+    return sorted({name.rsplit(".", 1)[-1] for name in _norms(model)})
 
 
 def blocks(model: nn.Module) -> list[str]:
@@ -122,7 +127,7 @@ def _trained_names(model: nn.Module, method: str, trainable_layers: int) -> list
         top = blocks(model)[-trainable_layers:]
         chosen = [n for n in names if _within(n.rsplit(".", 1)[0], top)]
     else:  # bottleneck: its adapters and the norms
-        norms = [name for name, m in model.named_modules() if name and "Norm" in type(m).__name__]
+        norms = _norms(model)
         chosen = [n for n in names if ".bottleneck." in n or _within(n.rsplit(".", 1)[0], norms)]
     return chosen + [n for n in names if _within(n, HEADS)]
 

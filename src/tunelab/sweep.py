@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab import rundir, training
+from tunelab.compare import float_or_none
 from tunelab.config import AdapterConfig, load_recipe, split_overrides
 from tunelab.errors import UserError
 from tunelab.families import family_of
@@ -51,7 +52,7 @@ class SweepPlan:
         """The method's candidate learning rates: as given, or multiples of its own rate."""
         own = None
         if any(r.startswith("x") for r in self.learning_rates):
-            own = _float_or_none(load_recipe(self.recipe, self.runs[method]).train.get("learning_rate"))
+            own = float_or_none(load_recipe(self.recipe, self.runs[method]).train.get("learning_rate"))
             if own is None:
                 raise UserError(f"--lr-search {','.join(self.learning_rates)}: {method} has no train.learning_rate "
                                 f"to multiply; give one in the recipe or as {method}:train.learning_rate=...")
@@ -135,7 +136,7 @@ def _rates(text: str | None) -> list[str]:
     if not text:
         return []
     items = list(dict.fromkeys(r.strip() for r in text.split(",") if r.strip()))
-    values = [_float_or_none(r.removeprefix("x")) for r in items]
+    values = [float_or_none(r.removeprefix("x")) for r in items]
     if any(v is None for v in values):
         raise UserError(f"--lr-search {text}: expected comma-separated learning rates (1e-4,1e-3,1e-2) or multiples "
                         f"of each method's own rate (x0.3,x1,x3)")
@@ -143,12 +144,6 @@ def _rates(text: str | None) -> list[str]:
         raise UserError(f"--lr-search {text}: give two or more positive learning rates, e.g. 1e-4,1e-3,1e-2")
     return items
 
-
-def _float_or_none(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _method_list(text: str | None) -> list[str]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tunelab.scratch.lora import wrap_linears
+
 
 @dataclass
 class BottleneckConfig:
@@ -58,11 +60,4 @@ class BottleneckAfter(nn.Module):
 
 def apply_bottleneck(model: nn.Module, cfg: BottleneckConfig) -> nn.Module:
     """Freeze model and put a Bottleneck after each nn.Linear whose name ends in one of cfg.target_modules."""
-    model.requires_grad_(False)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.split(".")[-1] in cfg.target_modules]
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, BottleneckAfter(getattr(parent, child), cfg.size))
-    return model
+    return wrap_linears(model, cfg.target_modules, lambda layer, _: BottleneckAfter(layer, cfg.size))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.scratch.lora import LoraConfig, LoraLinear
+from tunelab.scratch.lora import LoraConfig, LoraLinear, wrap_linears
 
 
 class DoraLinear(LoraLinear):
@@ -71,11 +71,4 @@ class DoraLinear(LoraLinear):
 def apply_dora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Freeze model and wrap each nn.Linear whose name ends in one of cfg.target_modules, as
     get_peft_model(LoraConfig(use_dora=True)) does."""
-    model.requires_grad_(False)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.split(".")[-1] in cfg.target_modules]
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, DoraLinear(getattr(parent, child), cfg))
-    return model
+    return wrap_linears(model, cfg.target_modules, lambda layer, _: DoraLinear(layer, cfg))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tunelab.scratch.lora import wrap_linears
+
 
 @dataclass
 class IA3Config:
@@ -64,11 +66,5 @@ def apply_ia3(model: nn.Module, cfg: IA3Config) -> nn.Module:
     those ending in one of cfg.feedforward_modules are scaled at their input."""
     if not set(cfg.feedforward_modules) <= set(cfg.target_modules):
         raise ValueError("feedforward_modules must be a subset of target_modules")  # peft refuses them too
-    model.requires_grad_(False)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.split(".")[-1] in cfg.target_modules]
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, IA3Linear(getattr(parent, child), is_feedforward=child in cfg.feedforward_modules))
-    return model
+    return wrap_linears(model, cfg.target_modules,
+                        lambda layer, name: IA3Linear(layer, is_feedforward=name in cfg.feedforward_modules))

@@ -69,13 +69,19 @@ class LoraLinear(nn.Module):
             self.merged = False
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Freeze model and wrap each nn.Linear whose name ends in one of cfg.target_modules, as get_peft_model does."""
+def wrap_linears(model: nn.Module, target_modules, wrap) -> nn.Module:
+    """Freeze model and replace each nn.Linear whose name ends in one of target_modules by wrap(layer, name),
+    as get_peft_model does (the lab's DoRA, IA3 and bottleneck adapters go in the same way)."""
     model.requires_grad_(False)
     targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.split(".")[-1] in cfg.target_modules]
+               if isinstance(module, nn.Linear) and name.split(".")[-1] in target_modules]
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoraLinear(getattr(parent, child), cfg))
+        setattr(parent, child, wrap(getattr(parent, child), child))
     return model
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """Freeze model and wrap each nn.Linear whose name ends in one of cfg.target_modules, as get_peft_model does."""
+    return wrap_linears(model, cfg.target_modules, lambda layer, _: LoraLinear(layer, cfg))
