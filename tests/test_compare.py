@@ -119,6 +119,18 @@ def test_sweep_skips_the_default_methods_a_recipe_cannot_use(tmp_path):
     assert len(plan.skipped) == 1 and re.match(r"qlora: .*causal LMs only", plan.skipped[0])
 
 
+@pytest.mark.unit
+def test_a_causal_lm_search_scores_its_runs_on_loss_without_generating(tmp_path):
+    from tunelab.sweep import plan_sweep
+
+    sft = plan_sweep(str(REPO / "recipes" / "qwen2" / "sft_lora.yaml"), ["eval.metrics=[perplexity,rouge]"],
+                     "lora,ia3", str(tmp_path / "sft"), False, "x1,x3")
+    assert sft.search_edits == ["eval.metrics=[perplexity]"]
+    # a recipe that asks for no perplexity has no loss to choose on: its search runs score what it asks for
+    assert plan_sweep(str(REPO / "recipes" / "qwen2" / "sft_lora.yaml"), ["eval.metrics=[accuracy]"], "lora",
+                      str(tmp_path / "acc"), False, "x1,x3").search_edits == []
+
+
 @pytest.mark.recipe
 def test_a_second_sweep_into_the_same_runs_is_refused_before_training(sweep, capsys):
     out, _ = sweep
