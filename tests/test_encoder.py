@@ -57,6 +57,31 @@ def test_first_subtoken_carries_the_word_tag():
 
 
 @pytest.mark.unit
+def test_tagging_eval_loss_is_the_loss_the_head_trains_on():
+    """eval_loss (the search's tie-breaker when F1 saturates) equals the model's own token-classification loss,
+    which counts each word once, at its first sub-token."""
+    from datasets import Dataset
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+
+    from tunelab.checkpoints import resolve
+    from tunelab.config import load_recipe
+    from tunelab.data.encoder_inputs import encode
+    from tunelab.evaluation.encoder import evaluate
+
+    names = ["O", "B-STREET", "I-STREET"]
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(resolve("embedded:all-minilm-l6-v2"), num_labels=3)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("embedded:all-minilm-l6-v2"))
+    ds = Dataset.from_dict({"tokens": [["Ship", "to", "Schwarzenegger", "Boulevard"], ["12", "Elm", "Street"]],
+                            "tags": [["O", "O", "B-STREET", "I-STREET"], ["O", "B-STREET", "I-STREET"]]})
+    scores = evaluate(model, tokenizer, load_recipe(str(BERT / "tag_lora.yaml")), "tag", names, ds)
+    enc = encode(tokenizer, "tag", ds[:], None, names)
+    inputs = DataCollatorForTokenClassification(tokenizer)([{k: v[i] for k, v in enc.items()} for i in range(len(ds))])
+    with torch.no_grad():
+        assert scores["eval_loss"] == pytest.approx(model(**inputs).loss.item(), rel=1e-5)
+
+
+@pytest.mark.unit
 def test_words_and_spans():
     from tunelab.evaluation.encoder import spans, split_words
 

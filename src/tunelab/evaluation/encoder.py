@@ -44,21 +44,32 @@ def class_probabilities(model, tokenizer, stage: str, records: dict, limit: int,
     return torch.cat(out)
 
 
-def word_tags(model, tokenizer, token_lists: list[list[str]], names: list[str], limit: int,
-              batch_size: int) -> list[list[str]]:
-    """A tag per word: the prediction at its first sub-token. Words cut off by truncation get O."""
-    tags = []
+def word_log_probs(model, tokenizer, token_lists: list[list[str]], limit: int,
+                   batch_size: int) -> list[list[torch.Tensor | None]]:
+    """Per word, the log-probabilities of the tags at its first sub-token (the one training labels), or None
+    for a word truncation cut off."""
+    out = []
     for start in range(0, len(token_lists), batch_size):
         words = token_lists[start:start + batch_size]
         logits, enc = _forward(model, tokenizer, "tag", {"tokens": words}, limit)
-        predicted = logits.argmax(-1).tolist()
+        log_probs = logits.log_softmax(-1)
         for i, sentence in enumerate(words):
             first = {}
             for position, word in enumerate(enc.word_ids(i)):
                 if word is not None and word not in first:
-                    first[word] = names[predicted[i][position]]
-            tags.append([first.get(w, "O") for w in range(len(sentence))])
-    return tags
+                    first[word] = log_probs[i, position]
+            out.append([first.get(w) for w in range(len(sentence))])
+    return out
+
+
+def word_tags(model, tokenizer, token_lists: list[list[str]], names: list[str], limit: int,
+              batch_size: int) -> list[list[str]]:
+    """A tag per word: the prediction at its first sub-token. Words cut off by truncation get O."""
+    return _best_tags(word_log_probs(model, tokenizer, token_lists, limit, batch_size), names)
+
+
+def _best_tags(scores: list[list[torch.Tensor | None]], names: list[str]) -> list[list[str]]:
+    return [["O" if lp is None else names[int(lp.argmax())] for lp in sentence] for sentence in scores]
 
 
 def spans(words: list[str], tags: list[str]) -> list[dict]:
@@ -109,10 +120,17 @@ def _classification(model, tokenizer, recipe: Recipe, stage: str, names: list[st
 
 def _tagging(model, tokenizer, recipe: Recipe, names: list[str], ds) -> dict:
     truth = ds["tags"]
-    predicted = word_tags(model, tokenizer, ds["tokens"], names, max_length(recipe, model), recipe.eval.batch_size)
+    scores = word_log_probs(model, tokenizer, ds["tokens"], max_length(recipe, model), recipe.eval.batch_size)
+    predicted = _best_tags(scores, names)
+    # The mean cross-entropy of the true tags over the words the model saw, the loss the head trained on: it
+    # still ranks settings when entity F1 saturates (tunelab sweep --lr-search chooses on it).
+    index = {n: i for i, n in enumerate(names)}
+    losses = [-lp[index[t]].item() for ts, sentence in zip(truth, scores) for t, lp in zip(ts, sentence)
+              if lp is not None]
     tokens_right = sum(t == p for ts, ps in zip(truth, predicted) for t, p in zip(ts, ps))
     report = entity_report(truth, predicted, output_dict=True, zero_division=0)
-    return {"f1": f1_score(truth, predicted, zero_division=0),
+    return {"eval_loss": sum(losses) / max(len(losses), 1),
+            "f1": f1_score(truth, predicted, zero_division=0),
             "precision": precision_score(truth, predicted, zero_division=0),
             "recall": recall_score(truth, predicted, zero_division=0),
             "token_accuracy": tokens_right / sum(map(len, truth)),
