@@ -66,7 +66,7 @@ def check_method(recipe: Recipe) -> None:
     if recipe.recipe == "encoder.tag" and method in ("prompt", "ptuning"):
         # PEFT prepends the virtual tokens to the inputs but not to the labels of token classification
         raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} does not fit token tagging "
-                        f"(PEFT does not align its virtual tokens with the tags); use lora, prefix or full")
+                        f"(PEFT does not align its virtual tokens with the tags); use any other method, prefix included")
     for key in ("r", "num_virtual_tokens", "trainable_layers", "bottleneck_size"):
         if getattr(a, key) < 1:
             raise UserError(f"{recipe.origin('adapter.' + key)}: adapter.{key} = {getattr(a, key)} should be >= 1")
