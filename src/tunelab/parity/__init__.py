@@ -38,7 +38,7 @@ class Result:
 # The README's reading order: from attention to Qwen2 and the other families, then the fine-tuning methods.
 # A module not listed here still runs, after these.
 READING_ORDER = ["transformer", "losses", "qwen2", "rope_scaling", "moe", "decoding", "bert", "t5", "clip", "lora",
-                 "dora", "ia3", "bitfit", "bottleneck", "prefix", "dpo"]
+                 "dora", "ia3", "bitfit", "bottleneck", "prefix", "dpo", "reward", "grpo", "kto"]
 
 
 def all_checks() -> list[Check]:
