@@ -114,8 +114,8 @@ def cmd_generate(args) -> int:
     check_generate(g)
     if not args.prompt and not args.chat:
         raise UserError("generate: give --prompt TEXT or --chat")
-    run_dir, recipe, family, _ = _finished_run(args.run_dir)
-    if not family.GENERATES:
+    run_dir, recipe, family, stage = _finished_run(args.run_dir)
+    if not family.GENERATES or stage in getattr(family, "SCORES", ()):
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not generate text; use `tunelab predict`")
     if not family.CHAT and (args.chat or args.system):
         raise UserError(f"generate: --chat and --system are for chat models; a {recipe.recipe} run maps one --prompt "
@@ -200,11 +200,14 @@ def cmd_validate(args) -> int:
 
 def cmd_predict(args) -> int:
     run_dir, recipe, family, stage = _finished_run(args.run_dir)
-    if family.GENERATES:
+    if family.GENERATES and stage not in getattr(family, "SCORES", ()):
         raise UserError(f"{run_dir}: a {recipe.recipe} run does not predict labels; use `tunelab generate`")
     request = PredictRequest(texts=args.text or [], text_pairs=args.text_pair or [], images=args.image or [],
                              labels=args.labels, template=args.template, top=args.top)
     for result in family.predict(run_dir, recipe, stage, request):
+        if "score" in result:  # a reward model
+            print(f"{result['score']:.4f}\t{result['text']}" + (f"  ||  {result['reply']}" if "reply" in result else ""))
+            continue
         if "entities" in result:
             print(result["input"])
             print("\n".join(f"  {e['type']:<16} {e['text']}" for e in result["entities"]) or "  (no entities)")

@@ -28,7 +28,7 @@ EMBEDDED_T5 = "embedded:tiny-t5"
 EMBEDDED_CLIP = "embedded:tiny-clip"
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 # The metrics each recipe family computes, and those a recipe gets when its eval.metrics is left out.
-FAMILY_METRICS = {"causal_lm": ("perplexity", "accuracy", "rouge"), "encoder": ("accuracy", "f1"),
+FAMILY_METRICS = {"causal_lm": ("perplexity", "accuracy", "rouge", "reward"), "encoder": ("accuracy", "f1"),
                   "seq2seq": ("rouge",), "clip": ("recall", "zero_shot")}
 DEFAULT_METRICS = {"causal_lm": ["perplexity", "accuracy"]}
 TEMPLATE_FILE_SUFFIXES = (".jinja", ".j2")
@@ -98,8 +98,8 @@ class AdapterConfig:
                             "'vision' for locked-image tuning (LiT). None: train both.", (None, "vision", "text"))
 
 
-DATA_FORMATS = ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "classification", "pair",
-                "tagging", "text2text", "image_caption")
+DATA_FORMATS = ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "unpaired_preference",
+                "prompt", "classification", "pair", "tagging", "text2text", "image_caption")
 
 
 @dataclass
@@ -183,8 +183,10 @@ class GenerateConfig:
 class EvalConfig:
     metrics: list[str] | None = _f(None, "Causal LM: perplexity (exp of the token-weighted mean NLL on the tokens "
                                    "training puts loss on), accuracy (exact match of the generated reply with the "
-                                   "reference), rouge (ROUGE-1/2/L of the generated reply). The other families always "
-                                   "compute all of theirs (FAMILY_METRICS). None: the family's default.")
+                                   "reference; for prompt records, of its answer), rouge (ROUGE-1/2/L of the "
+                                   "generated reply), reward (GRPO, RLOO: the recipe's rewards of the greedy reply). "
+                                   "The other families always compute all of theirs (FAMILY_METRICS). None: the "
+                                   "family's default.")
     max_samples: int | None = _f(200, "Evaluate at most this many records (generation is the slow part).")
     batch_size: int = _f(32, "Eval batch size.")
     rouge_language: str = _f("auto", "seq2seq: ROUGE's language; auto picks zh when the texts contain Chinese.",
@@ -208,6 +210,10 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data is and how it looks."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "What to measure after training."})
     train: dict = _f({}, "Arguments of the trainer's own config class (SFTConfig, DPOConfig, ...).")
+    rewards: list[str] = _f([], "causal_lm.grpo and .rloo: what scores each sampled reply, summed (weights: "
+                            "train.reward_weights). Built-in: exact_answer (the reply's last number, or its text, "
+                            "equals the record's answer), format (one line, ending like a sentence); a reward-model "
+                            "run directory (causal_lm.reward); or a Python function as module:function.")
     # Where each key came from, for error messages: dotted path -> (source, line).
     origins: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
     # What tunelab chose where the recipe said `auto`, and why: name -> facts, copied into metrics.json.

@@ -8,7 +8,8 @@ learn in about a minute on a 2-core CPU.
   split asks about facts no train conversation mentions: a model answers them only by carrying what
   pretraining taught it into the reply style that SFT taught it.
 - `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
-  off-by-one sum).
+  off-by-one sum); `unpaired_preference` the same replies one by one, labelled good or bad (KTO).
+- `sum_prompts`: the same questions alone, with the sum as the answer a verifiable reward checks (GRPO, RLOO).
 Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging);
 seq2seq sets in builtin_reports (report headlines in English and Chinese, rewrites, a pretraining corpus).
 Chat sets for a real pretrained model in builtin_extract (a person's facts extracted into JSON in a house style,
@@ -49,6 +50,7 @@ def _facts() -> list[dict]:
                 "question": f"What is {a} plus {b}?",
                 "answer": f"{a} plus {b} is {value}.",
                 "wrong": f"{a} plus {b} is {wrong}.",
+                "value": value,
                 "statements": [f"{a} plus {b} is {value}.", *(qa.format(q=f"What is {a} plus {b}?", a=f"{a} plus {b} is {value}.", v=value)
                                                               for qa in _QA_LAYOUTS)],
             })
@@ -98,6 +100,20 @@ def preference(split: str) -> list[dict]:
     return records
 
 
+def unpaired_preference(split: str) -> list[dict]:
+    """The preference pairs unpaired for KTO: each pair's chosen reply labelled true, then its rejected one false."""
+    return [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+            for pair in preference(split) for side in ("chosen", "rejected")]
+
+
+def prompts(split: str) -> list[dict]:
+    """The SFT questions without their replies, with the sum as the answer a verifiable reward checks (GRPO)."""
+    train, held_out = _split()
+    rng = random.Random(31 if split == "train" else 32)
+    return [{"prompt": _conversation(fact, rng)[:-1], "answer": str(fact["value"])}
+            for fact in (train if split == "train" else held_out)]
+
+
 def corpus_eval() -> list[dict]:
     return corpus(n_docs=200, seed=1)
 
@@ -130,6 +146,10 @@ DATASETS = {
     "sft_eval": (lambda: sft("eval"), "messages"),
     "preference_train": (lambda: preference("train"), "preference"),
     "preference_eval": (lambda: preference("eval"), "preference"),
+    "unpaired_preference_train": (lambda: unpaired_preference("train"), "unpaired_preference"),
+    "unpaired_preference_eval": (lambda: unpaired_preference("eval"), "unpaired_preference"),
+    "sum_prompts_train": (lambda: prompts("train"), "prompt"),
+    "sum_prompts_eval": (lambda: prompts("eval"), "prompt"),
     # train: English and Chinese in turn; eval: all English records, then all Chinese ones
     "extract_train": (lambda: interleave(extraction("en", "train"), extraction("zh", "train")), "messages"),
     "extract_eval": (lambda: extraction("en", "eval") + extraction("zh", "eval"), "messages"),

@@ -8,6 +8,8 @@
 | sharegpt          | {"conversations": [{"from": "human"|"gpt"|"system"|"observation"|"function_call", "value"}], "system" (optional)} | conversational |
 | prompt_completion | {"prompt", "completion"}: strings or message lists               | prompt-completion        |
 | preference        | {"prompt", "chosen", "rejected"}: strings or message lists       | preference               |
+| unpaired_preference | {"prompt", "completion", "label"}: label true (a good reply) or false (KTO) | unpaired preference |
+| prompt            | {"prompt", "answer"}: what to generate from; answer optional (GRPO, RLOO) | prompt-only      |
 | classification    | {"text", "label"}: label a name or an id                          | sequence classification  |
 | pair              | {"text", "text_pair", "label"}                                   | sequence-pair classification |
 | tagging           | {"tokens": [...], "tags": [...]}, one tag per token (or .conll)  | token classification     |
@@ -42,6 +44,8 @@ REQUIRED = {
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
+    "prompt": ("prompt",),
     "classification": ("text", "label"),
     "pair": ("text", "text_pair", "label"),
     "tagging": ("tokens", "tags"),
@@ -49,9 +53,11 @@ REQUIRED = {
 }
 # Every field a format reads (REQUIRED and the optional ones); text2text's after rename_text2text_fields.
 FIELDS = {**REQUIRED, "alpaca": ("instruction", "input", "output", "system", "history"),
-          "sharegpt": ("conversations", "system")}
+          "sharegpt": ("conversations", "system"), "prompt": ("prompt", "answer")}
 # What each format looks like, to name the right one when a record has the wrong fields.
 _SIGNATURES = {"tagging": "tokens", "classification": "label", "messages": "messages", "preference": "chosen"}
+# How a CSV cell or a JSON value may say a KTO label.
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 def _empty(value) -> bool:
@@ -111,6 +117,14 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
         elif fmt in ("prompt_completion", "preference"):
             for key in REQUIRED[fmt]:
                 _check_text_or_messages(row, key, where)
+        elif fmt == "unpaired_preference":
+            for key in ("prompt", "completion"):
+                _check_text_or_messages(row, key, where)
+            row["label"] = _kto_label(row["label"], where)
+        elif fmt == "prompt":
+            _check_text_or_messages(row, "prompt", where)
+            if not _empty(row.get("answer")):
+                row["answer"] = str(row["answer"]).strip()
         elif fmt in ("classification", "pair"):
             _check_labelled_text(row, fmt, where)
         elif fmt == "tagging":
@@ -147,6 +161,16 @@ def _report_two_systems(records: Records) -> None:
     if both:
         print(f"tunelab: {records.source}: {both} record{'s' if both > 1 else ''} open with a system turn and also "
               f"have a top-level 'system': the turn is used, the field is not")
+
+
+def _kto_label(value, where: str) -> bool:
+    """True or false, as JSON writes it or as a CSV cell says it."""
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in _TRUE + _FALSE:
+        return str(value).strip().lower() in _TRUE
+    raise UserError(f"{where}: field 'label' = {value!r} should be true (a reply to learn from) or false "
+                    f"(a reply to avoid)")
 
 
 def _check_alpaca(row: dict, where: str) -> None:
@@ -239,7 +263,8 @@ def to_dataset(records: Records, fmt: str, loss_on: str = "assistant") -> datase
             for row in records.rows]
     ds = datasets.Dataset.from_list(rows)
     keep = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"],
-            "preference": ["prompt", "chosen", "rejected"],
+            "preference": ["prompt", "chosen", "rejected"], "unpaired_preference": ["prompt", "completion", "label"],
+            "prompt": ["prompt", "answer"],
             **{f: list(REQUIRED[f]) for f in ("classification", "pair", "tagging", "text2text")}}
     if fmt == "alpaca":
         ds, fmt = ds.map(_alpaca_to_messages, remove_columns=ds.column_names), "messages"

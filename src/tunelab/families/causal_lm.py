@@ -13,14 +13,14 @@ import transformers
 from jinja2 import TemplateError
 from trl import DPOConfig, DPOTrainer, SFTConfig
 
-from tunelab import adapters, checkpoints, own_methods, precision, rundir
+from tunelab import adapters, alignment, checkpoints, own_methods, precision, rewards, rundir
 from tunelab.config import GenerateConfig, ModelConfig, Recipe, trainer_args
 from tunelab.data.chat import (ENDOFTEXT, IM_END, IM_START, TemplateNotUsable, check_replies, end_of_turn_ids,
                                render, set_chat_template)
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.errors import UserError
 from tunelab.evaluation.causal_lm import evaluate
-from tunelab.evaluation.generation import check_generate, generate as generate_replies
+from tunelab.evaluation.generation import check_generate, generate as generate_replies, render_prompt
 from tunelab.evaluation.perplexity import loss_tokens
 from tunelab.families import Job, PredictRequest, split_report
 from tunelab.trainers import SFTTrainerLabelPositions
@@ -29,8 +29,10 @@ FORMATS = {
     "pretrain": ("text",),
     "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
     "dpo": ("preference",),
+    **alignment.FORMATS,  # reward, grpo, rloo, kto, orpo, simpo
 }
 GENERATES = True
+SCORES = ("reward",)  # stages whose runs score text (`tunelab predict`) instead of writing it
 CHAT = True
 # TRL defaults to bf16 and gradient checkpointing. tunelab picks bf16 by the machine and the model's size
 # (train.bf16: auto, tunelab.precision), and checkpoints no activations: it recomputes the forward pass.
@@ -124,20 +126,22 @@ def set_stop_tokens(model, tokenizer) -> None:
 def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None = None):
     """(model, tokenizer) of a finished run: its full model, or its base with the adapter attached."""
     run_dir = Path(run_dir)
+    recipe = checkpoints.run_recipe(run_dir)
+    if recipe.recipe == "causal_lm.reward":
+        return alignment.load_reward_run(run_dir, merge=merge)
     if (run_dir / "model").is_dir():
         cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
         return load_model(cfg)
-    recipe = checkpoints.run_recipe(run_dir)
     if quantization and not recipe.model.quantization:
         raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
                         f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
-    base_cfg = _base_config(recipe.model, **({"quantization": None} if merge else {}))
+    base_cfg = base_config(recipe.model, **({"quantization": None} if merge else {}))
     base, _ = load_model(base_cfg)
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "adapter")
     return checkpoints.attach_adapter(base, run_dir, recipe.adapter.method, merge), tokenizer
 
 
-def _base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
+def base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
     """A finished run's base model section. A template named by a file (or by TRL's copy) is not read
     again: the run's saved tokenizer carries it, and the file may be gone or the run moved."""
     if model_cfg.chat_template not in (None, "chatml"):
@@ -148,7 +152,7 @@ def _base_config(model_cfg: ModelConfig, **changes) -> ModelConfig:
 def base_model_of(run_dir: str | Path):
     """(model, tokenizer) the run started from, for --baseline comparisons, with the run's chat template."""
     recipe = checkpoints.run_recipe(run_dir)
-    model, tokenizer = load_model(_base_config(recipe.model))
+    model, tokenizer = load_model(base_config(recipe.model))
     saved = Path(run_dir) / ("model" if (Path(run_dir) / "model").is_dir() else "adapter")
     tokenizer.chat_template = transformers.AutoTokenizer.from_pretrained(saved).chat_template
     return model, tokenizer
@@ -163,6 +167,8 @@ def _record_length(tokenizer, row: dict) -> int:
     if "rejected" in row:  # a preference pair is as long as its longer side
         return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
                    for k in ("chosen", "rejected"))
+    if "answer" in row:  # a prompt to generate from (GRPO, RLOO)
+        return len(tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
     return len(loss_tokens(tokenizer, row, _NO_LIMIT)[0])
 
 
@@ -216,6 +222,11 @@ def resolve_bf16(recipe: Recipe) -> None:
 def check(recipe: Recipe, stage: str) -> None:
     adapters.check_method(recipe)
     check_generate(recipe.eval.generate)
+    if stage in alignment.FORMATS:
+        alignment.check(recipe, stage)
+    elif recipe.rewards:
+        raise UserError(f"{recipe.origin('rewards')}: rewards are read by causal_lm.grpo and causal_lm.rloo only "
+                        f"(this recipe is {recipe.recipe}); remove the key")
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -223,6 +234,8 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
     defaults = rundir.trainer_defaults(**TRAIN_DEFAULTS)
     if "gradient_checkpointing" in recipe.train:  # the deprecated name still works if a user writes it
         defaults.pop("activation_checkpointing")
+    if stage in alignment.FORMATS:
+        return alignment.build_args(recipe, stage, defaults, output_dir)
     if stage == "dpo":
         return trainer_args(DPOConfig, recipe, defaults, output_dir=str(output_dir),
                             max_length=recipe.data.max_length)
@@ -259,6 +272,8 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
 
 
 def prepare(recipe: Recipe, stage: str, args) -> Job:
+    if stage in alignment.FORMATS:
+        return alignment.prepare(recipe, stage, args)
     model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
     set_stop_tokens(model, tokenizer)
     precision_choice = recipe.decisions.get("precision", {"bf16": args.bf16, "why": "set by the recipe (train.bf16)"})
@@ -274,11 +289,12 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
                processors=(tokenizer, model.generation_config), report=splits.report,
                metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
                         "precision": precision_choice},
-               collective_scores=_dpo_scores(splits.eval) if stage == "dpo" else None)
+               collective_scores=trainer_scores(splits.eval) if stage == "dpo" else None)
 
 
-def _dpo_scores(eval_set):
-    """DPOTrainer's reward and log-probability metrics on the eval split (every rank takes part)."""
+def trainer_scores(eval_set):
+    """A preference trainer's (DPO, KTO, ORPO, SimPO) reward and log-probability metrics on the eval split
+    (every rank takes part)."""
     def scores(trainer) -> dict:
         found = trainer.evaluate(eval_set)
         return {k.removeprefix("eval_"): v for k, v in found.items() if "rewards" in k or "logps" in k}
@@ -294,6 +310,8 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, data: str | None, fm
         rows = load_dataset(data, recipe.data, fmt).to_list()
     else:
         rows = load_splits(recipe, FORMATS[stage]).eval.to_list()
+    if stage in alignment.FORMATS:
+        return alignment.evaluate_run(run_dir, recipe, stage, rows, baseline)
     model, tokenizer = load_run(run_dir)
     results = {"model": evaluate(model, tokenizer, recipe, rows)}
     if baseline:
@@ -309,4 +327,12 @@ def generate(loaded: tuple, recipe: Recipe, prompts: list, settings: GenerateCon
 
 
 def predict(run_dir: Path, recipe: Recipe, stage: str, request: PredictRequest) -> list[dict]:
-    raise UserError(f"{run_dir}: a {recipe.recipe} run generates text; use `tunelab generate`")
+    """A reward model's score of each text, or of each prompt (--text) and reply (--text-pair) as a chat."""
+    if stage != "reward":
+        raise UserError(f"{run_dir}: a {recipe.recipe} run generates text; use `tunelab generate`")
+    model, tokenizer = alignment.load_reward_run(run_dir)
+    pairs = request.text_pairs or [None] * len(request.texts)
+    inputs = [t if p is None else [{"role": "user", "content": t}, {"role": "assistant", "content": p}]
+              for t, p in zip(request.texts, pairs)]
+    return [{"text": t, **({"reply": p} if p is not None else {}), "score": round(s, 4)}
+            for t, p, s in zip(request.texts, pairs, rewards.sequence_scores(model, tokenizer, inputs))]
