@@ -39,17 +39,19 @@ def _rate(row: dict) -> str:
     return f"**{row['search']['chosen']:g}** of {tried}"
 
 
-def table(rows: list[dict], quality: list[tuple[str, str]]) -> str:
+def table(rows: list[dict], quality: list[tuple[str, str]], costs: bool = True) -> str:
+    """costs: tokens/s, peak memory and size on disk, left out for a sweep that shared the CPU with other work."""
     base = next((r["base_general_ppl"] for r in rows if r["base_general_ppl"]), None)
     header = ["method", "lr", "trainable", *(title for _, title in quality)]
-    header += ["forgetting (Δ ppl)"] * (base is not None) + ["tokens/s", "peak RSS", "saved"]
+    header += ["forgetting (Δ ppl)"] * (base is not None) + ["tokens/s", "peak RSS", "saved"] * costs
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["method"], _rate(r), f"{r['trainable_percent']:.2f}%"]
         cells += [f"{r['eval'][key]:.3f}" if key in r["eval"] else "-" for key, _ in quality]
         if base is not None:
             cells.append(f"{r['general_ppl'] - base:+.3f}" if r["general_ppl"] else "-")
-        cells += [f"{r['tokens_per_second']:,.0f}", f"{r['peak_memory_mb']:,.0f} MB", f"{r['saved_mb']:.3g} MB"]
+        if costs:
+            cells += [f"{r['tokens_per_second']:,.0f}", f"{r['peak_memory_mb']:,.0f} MB", f"{r['saved_mb']:.3g} MB"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -74,7 +76,7 @@ def chart(panels: list[tuple[str, list[dict], str]]) -> None:
 def main(minilm: str, minilm_tag: str, smollm2: str) -> None:
     classify, tag, decoder = runs(Path(minilm)), runs(Path(minilm_tag)), runs(Path(smollm2))
     print(table(classify, [("accuracy", "accuracy"), ("eval_loss", "held-out loss")]) + "\n")
-    print(table(tag, [("f1", "entity F1"), ("eval_loss", "held-out loss")]) + "\n")
+    print(table(tag, [("f1", "entity F1"), ("eval_loss", "held-out loss")], costs=False) + "\n")
     print(table(decoder, [("accuracy", "exact match"), ("rougeL", "ROUGE-L"), ("perplexity", "task ppl")]))
     chart([("MiniLM, intent classification (held-out wordings)", classify, "accuracy"),
            ("MiniLM, address tagging (unseen streets and cities)", tag, "f1"),
