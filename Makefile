@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing is fetched from a model hub at run time: the demo and tests use the embedded default.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo demo-real test lint clean-cache
+.PHONY: setup demo demo-real demo-align test lint clean-cache
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 # The real SmolLM2-135M-Instruct: LoRA SFT then DPO on JSON extraction, English and Chinese (minutes).
 demo-real: setup
 	$(OFFLINE) $(BIN)/tunelab demo --real
+
+# SFT, then DPO, GRPO with a verifiable reward, and a reward model with RLOO, side by side (minutes).
+demo-align: setup
+	$(OFFLINE) $(BIN)/tunelab demo --align
 
 test: setup
 	$(OFFLINE) $(BIN)/pytest -m "not gpu"

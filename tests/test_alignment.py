@@ -96,3 +96,16 @@ def test_bad_alignment_records_name_their_line(tmp_path, capsys):
                       str(RECIPES / "grpo_lora.yaml"), f"data.train={prompts}", f"data.eval={prompts}")
     assert_user_error(capsys, r"adapter.method=prompt does not fit causal_lm.grpo", "validate",
                       str(RECIPES / "grpo_lora.yaml"), "adapter.method=prompt")
+
+
+@pytest.mark.unit
+def test_exact_answer_checks_a_number_by_value_and_a_text_whole():
+    from tunelab.rewards import exact_answer, format_reward
+
+    replies = [[{"role": "assistant", "content": "3 plus 4 is 7."}], [{"role": "assistant", "content": "It is 7.0"}],
+               "1 plus 3 is 4.", "0 plus 4 is 4."]
+    assert exact_answer(replies[:2], answer=["7", "7"]) == [1.0, 1.0]
+    # a text answer is the whole reply (case and end punctuation aside): a right sum with wrong operands fails
+    assert exact_answer(replies[2:], answer=["0 plus 4 is 4.", "0 PLUS 4 IS 4"]) == [0.0, 1.0]
+    assert exact_answer(replies[:1], answer=[None]) == [None]  # no answer, no score
+    assert format_reward(["One sentence.", "two\nlines.", "no end"]) == [1.0, 0.0, 0.0]

@@ -114,17 +114,14 @@ def reward_names(recipe: Recipe) -> list[str]:
 def reply_rewards(model, tokenizer, recipe: Recipe, rows: list[dict], funcs: list, processors: list) -> dict:
     """Greedy replies to the eval prompts, scored by each of the recipe's rewards (`reward` is their weighted sum,
     as training sums them) and, where records carry an answer, exact-answer accuracy."""
+    from tunelab.evaluation.causal_lm import answer_accuracy
     from tunelab.evaluation.generation import generate
 
     rows = rows[:recipe.eval.max_samples]
     replies = generate(model, tokenizer, [r["prompt"] for r in rows], recipe.eval.generate, recipe.eval.batch_size)
     completions = [[{"role": "assistant", "content": t}] if isinstance(r["prompt"], list) else t
                    for r, t in zip(rows, replies)]
-    out: dict = {}
-    answered = [(c, r["answer"]) for c, r in zip(completions, rows) if r.get("answer")]
-    if "accuracy" in recipe.eval.metrics and answered:
-        out["accuracy"] = sum(rewards.exact_answer([c], [a])[0] for c, a in answered) / len(answered)
-        out["accuracy_n"] = len(answered)
+    out: dict = answer_accuracy(rows, replies) if "accuracy" in recipe.eval.metrics else {}
     if "reward" in recipe.eval.metrics:
         weights = recipe.train.get("reward_weights") or [1.0] * len(funcs)
         total = [0.0] * len(rows)

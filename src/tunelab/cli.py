@@ -121,8 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the offline Qwen2 pipeline: pretrain, SFT, DPO, with a table of results")
     d.add_argument("--real", action="store_true", help="the real SmolLM2-135M-Instruct instead: SFT then DPO on "
                                                        "JSON extraction in English and Chinese (a few minutes)")
+    d.add_argument("--align", action="store_true", help="alignment beyond DPO on the embedded default: SFT, then "
+                                                        "DPO, GRPO with a verifiable reward, and a reward model with RLOO")
     d.add_argument("--output-dir", help="where the demo's runs go, replaced on each demo (default: runs/demo, "
-                                        "or runs/demo-real with --real)")
+                                        "runs/demo-real with --real, runs/demo-align with --align)")
     return p
 
 

@@ -253,6 +253,10 @@ def cmd_demo(args) -> int:
         from tunelab.demo_real import run_demo_real
 
         run_demo_real(Path(args.output_dir or "runs/demo-real"))
+    elif args.align:
+        from tunelab.demo_align import run_demo_align
+
+        run_demo_align(Path(args.output_dir or "runs/demo-align"))
     else:
         from tunelab.demo import run_demo
 

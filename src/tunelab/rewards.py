@@ -35,7 +35,9 @@ def answer_matches(reply: str, answer: str) -> bool:
     if _NUMBER.fullmatch(answer):
         found = _NUMBER.findall(reply)
         return bool(found) and float(found[-1]) == float(answer)
-    return reply.strip().rstrip("".join(_SENTENCE_END)).casefold() == answer.strip().casefold()
+    def bare(text: str) -> str:
+        return text.strip().rstrip("".join(_SENTENCE_END)).strip().casefold()
+    return bare(reply) == bare(answer)
 
 
 def exact_answer(completions, answer=None, **_) -> list[float | None]:

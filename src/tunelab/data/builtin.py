@@ -9,7 +9,8 @@ learn in about a minute on a 2-core CPU.
   pretraining taught it into the reply style that SFT taught it.
 - `preference`: the same questions, chosen = the right reply, rejected = a plausible mistake (an
   off-by-one sum); `unpaired_preference` the same replies one by one, labelled good or bad (KTO).
-- `sum_prompts`: the same questions alone, with the sum as the answer a verifiable reward checks (GRPO, RLOO).
+- `sum_prompts`: the same questions alone, with the reference reply as the answer a verifiable reward checks
+  (GRPO, RLOO).
 Encoder sets live beside it: builtin_intents (classification, pairs) and builtin_address (tagging);
 seq2seq sets in builtin_reports (report headlines in English and Chinese, rewrites, a pretraining corpus).
 Chat sets for a real pretrained model in builtin_extract (a person's facts extracted into JSON in a house style,
@@ -107,10 +108,12 @@ def unpaired_preference(split: str) -> list[dict]:
 
 
 def prompts(split: str) -> list[dict]:
-    """The SFT questions without their replies, with the sum as the answer a verifiable reward checks (GRPO)."""
+    """The SFT questions without their replies; the answer a verifiable reward checks is the whole reference reply.
+    Checking the sum alone would pay "1 plus 3 is 4." for "What is 0 plus 4?", the very copying mistake an early
+    SFT model makes, and GRPO then never unlearns it."""
     train, held_out = _split()
     rng = random.Random(31 if split == "train" else 32)
-    return [{"prompt": _conversation(fact, rng)[:-1], "answer": str(fact["value"])}
+    return [{"prompt": _conversation(fact, rng)[:-1], "answer": fact["answer"]}
             for fact in (train if split == "train" else held_out)]
 
 
