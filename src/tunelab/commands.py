@@ -33,13 +33,19 @@ def _note_unused_keys(recipe) -> None:
               f"ignored)")
 
 
+def _figure(value) -> str:
+    """n/a where the trainer did not log the figure (no loss logged yet; ORPO's and CPO's batches, whose
+    input tokens the Trainer does not count)."""
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _print_summary(out: Path, metrics: dict) -> None:
     t, e = metrics["train"], metrics["eval"]
     shown = {k: v for k, v in e.items() if isinstance(v, float)}
     print(f"run: {out}")
     print(f"  trainable {metrics['trainable_params']:,} / {metrics['total_params']:,} params, "
-          f"{t['steps']} steps, loss {t['first_loss']} -> {t['final_loss']:.4f}, "
-          f"{t['tokens_per_second']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB")
+          f"{t['steps']} steps, loss {_figure(t['first_loss'])} -> {t['final_loss']:.4f}, "
+          f"{_figure(t['tokens_per_second'])} tokens/s, peak RSS {metrics['peak_rss_mb']} MB")
     if "trains" in metrics:
         print(f"  trains: {', '.join(metrics['trains'])}")
     print("  eval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
