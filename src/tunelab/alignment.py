@@ -50,11 +50,15 @@ REWARD_METHODS = (*adapters.LORA_LIKE, "full")
 
 def check(recipe: Recipe, stage: str) -> None:
     method, at = recipe.adapter.method, recipe.origin("adapter.method")
-    if method in REFUSED or (stage == "reward" and method not in REWARD_METHODS):
-        fits = REWARD_METHODS if stage == "reward" else [m for m in (*adapters.PEFT_METHODS, *adapters.WHOLE_MODEL,
-                                                                      *own_methods.OWN) if m not in REFUSED]
-        raise UserError(f"{at}: adapter.method={method} does not fit causal_lm.{stage} (virtual tokens shift the "
-                        f"positions its loss reads, and a reward head must train whole); use {', '.join(fits)}")
+    if stage == "reward" and method not in REWARD_METHODS:
+        raise UserError(f"{at}: adapter.method={method} does not fit causal_lm.reward (its new score head must "
+                        f"train whole beside the method); use {', '.join(REWARD_METHODS)}")
+    if method in REFUSED:
+        why = ("its orthogonality penalty rides on the model's own loss, which this trainer does not compute"
+               if method == "adalora" else "its virtual tokens shift the positions this trainer reads log-probs at")
+        fits = [m for m in (*adapters.PEFT_METHODS, *adapters.WHOLE_MODEL, *own_methods.OWN) if m not in REFUSED]
+        raise UserError(f"{at}: adapter.method={method} does not fit causal_lm.{stage} ({why}); "
+                        f"use {', '.join(fits)}")
     if recipe.rewards and stage not in ONLINE:
         raise UserError(f"{recipe.origin('rewards')}: rewards are read by causal_lm.grpo and causal_lm.rloo only "
                         f"(this recipe is {recipe.recipe}); remove the key")
@@ -66,7 +70,7 @@ def build_args(recipe: Recipe, stage: str, defaults: dict, output_dir: Path):
     if stage not in ONLINE:
         fixed["max_length"] = recipe.data.max_length
     args = trainer_args(config_cls, recipe, {**defaults, **STAGE_DEFAULTS.get(stage, {})}, **fixed)
-    if stage in ONLINE and args.beta > 0 and recipe.adapter.method in adapters.WHOLE_MODEL \
+    if stage in (*ONLINE, "kto") and args.beta > 0 and recipe.adapter.method in adapters.WHOLE_MODEL \
             and checkpoints.is_run_dir(recipe.model.name_or_path):
         # TRL reloads the reference from the model's own path: the run's base, not the run.
         raise UserError(f"{recipe.origin('train.beta')}: full fine-tuning with beta > 0 reloads the reference "
