@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import tunelab
+from conftest import run_cli
 from tunelab import checkpoints
 from tunelab.families import causal_lm
 from tunelab.evaluation.perplexity import loss_tokens, perplexity
@@ -34,27 +34,29 @@ def test_perplexity_is_token_weighted_not_a_mean_of_batch_means(sft_run):
     assert got["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
 
 
-def test_eval_with_baseline_records_both(sft_run):
-    result = tunelab("eval", str(sft_run), "--baseline", "--max-samples", "6")
-    assert "baseline" in result.stdout and "difference" in result.stdout
+# The CLI in this process (run_cli): a child process would spend most of each test importing torch.
+def test_eval_with_baseline_records_both(sft_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(sft_run), "--baseline", "--max-samples", "6")
+    assert code == 0 and "baseline" in out and "difference" in out
     metrics = json.loads((sft_run / "metrics.json").read_text())
     assert math.isfinite(metrics["baseline"]["perplexity"]) and "accuracy" in metrics["baseline"]
     # the adapter was trained on these replies' format; the base model never saw the chat template
     assert metrics["eval"]["perplexity"] < metrics["baseline"]["perplexity"]
 
 
-def test_eval_on_another_file(sft_run, tmp_path):
+def test_eval_on_another_file(sft_run, tmp_path, capsys):
     data = tmp_path / "more.jsonl"
     data.write_text(json.dumps({"prompt": "What is 1 plus 1?", "completion": " 1 plus 1 is 2."}) + "\n")
-    tunelab("eval", str(sft_run), "--data", str(data), "--format", "prompt_completion")
+    assert run_cli(capsys, "eval", str(sft_run), "--data", str(data), "--format", "prompt_completion")[0] == 0
     metrics = json.loads((sft_run / "metrics.json").read_text())
     assert metrics["eval_data"][str(data)]["model"]["eval_tokens"] > 0
 
 
 @pytest.mark.parametrize("options", [[], ["--num-beams", "3"], ["--do-sample", "--temperature", "0.7", "--top-p", "0.9"]])
-def test_generate_prints_a_reply(sft_run, options):
-    result = tunelab("generate", str(sft_run), "--prompt", "What is 2 plus 2?", "--max-new-tokens", "8", *options)
-    assert result.stdout.strip()
+def test_generate_prints_a_reply(sft_run, options, capsys):
+    code, out, _ = run_cli(capsys, "generate", str(sft_run), "--prompt", "What is 2 plus 2?", "--max-new-tokens", "8",
+                           *options)
+    assert code == 0 and out.strip()
 
 
 def test_chat_keeps_history(sft_run):
@@ -66,9 +68,9 @@ def test_chat_keeps_history(sft_run):
     assert result.returncode == 0 and result.stdout.count("assistant:") == 2
 
 
-def test_merged_model_matches_the_adapter_model(sft_run, tmp_path):
+def test_merged_model_matches_the_adapter_model(sft_run, tmp_path, capsys):
     out = tmp_path / "merged"
-    tunelab("merge", str(sft_run), str(out))
+    assert run_cli(capsys, "merge", str(sft_run), str(out))[0] == 0
     adapter_model, tokenizer = causal_lm.load_run(sft_run)
     merged, _ = causal_lm.load_model(checkpoints.ModelConfig(name_or_path=str(out)))
     ids = tokenizer(["What is 3 plus 4?", "1 plus 1 is 2."], return_tensors="pt", padding=True)

@@ -117,8 +117,9 @@ def test_the_real_run_merges_to_the_adapters_logits(sft_smollm2, tmp_path):
 @pytest.mark.parametrize("recipe", ["sft_qlora", "sft_full", "dpo_lora"])
 def test_every_smollm2_recipe_trains_two_steps(tmp_path, smollm2_dir, recipe):
     out = tmp_path / recipe
+    smaller = ["train.per_device_train_batch_size=2"] if recipe == "dpo_lora" else []  # a pair is two sequences
     assert main(["train", str(SMOLLM2 / f"{recipe}.yaml"), "--output-dir", str(out), *QUICK,
-                 "eval.metrics=[perplexity]", "train.max_steps=2"]) == 0
+                 "eval.metrics=[perplexity]", "train.max_steps=2", *smaller]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     losses = _losses(out)
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, one per step
