@@ -40,6 +40,7 @@ TRAINERS = {"reward": (RewardConfig, RewardTrainer), "grpo": (GRPOConfig, GRPOTr
             "rloo": (RLOOConfig, RLOOTrainer), "kto": (KTOConfig, KTOTrainer), "orpo": (ORPOConfig, ORPOTrainer),
             "simpo": (CPOConfig, CPOTrainer)}
 ONLINE = ("grpo", "rloo")  # they generate their own replies; the others read replies from the data
+PREFERENCE_LOGS = ("dpo", "kto", "orpo", "simpo")  # trainers that log rewards/* and logps/* at evaluate()
 # SimPO is CPO's simpo loss without CPO's NLL term (cpo_alpha 0): a length-normalised margin, no reference.
 STAGE_DEFAULTS = {"simpo": {"loss_type": "simpo", "cpo_alpha": 0.0}}
 # Virtual tokens shift every position TRL reads log-probs at; AdaLoRA's orthogonality penalty rides on a loss
@@ -59,9 +60,6 @@ def check(recipe: Recipe, stage: str) -> None:
         fits = [m for m in (*adapters.PEFT_METHODS, *adapters.WHOLE_MODEL, *own_methods.OWN) if m not in REFUSED]
         raise UserError(f"{at}: adapter.method={method} does not fit causal_lm.{stage} ({why}); "
                         f"use {', '.join(fits)}")
-    if recipe.rewards and stage not in ONLINE:
-        raise UserError(f"{recipe.origin('rewards')}: rewards are read by causal_lm.grpo and causal_lm.rloo only "
-                        f"(this recipe is {recipe.recipe}); remove the key")
 
 
 def build_args(recipe: Recipe, stage: str, defaults: dict, output_dir: Path):
@@ -131,8 +129,7 @@ def reply_rewards(model, tokenizer, recipe: Recipe, rows: list[dict], funcs: lis
         total = [0.0] * len(rows)
         for name, f, processor, w in zip(reward_names(recipe), funcs, processors, weights):
             if processor is not None:  # a reward model scores the whole conversation
-                scores = rewards.sequence_scores(f, processor, [r["prompt"] + c if isinstance(c, list) else r["prompt"] + c
-                                                                for r, c in zip(rows, completions)])
+                scores = rewards.sequence_scores(f, processor, [r["prompt"] + c for r, c in zip(rows, completions)])
             else:
                 scores = f(prompts=[r["prompt"] for r in rows], completions=completions, completion_ids=None,
                            **{k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"})
@@ -176,12 +173,13 @@ def prepare(recipe: Recipe, stage: str, args):
                processors=(tokenizer,) if stage == "reward" else (tokenizer, model.generation_config),
                report=splits.report, metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
                                               "precision": precision_choice},
-               collective_scores=preference_scores(splits.eval, stage) if stage in ("kto", "orpo", "simpo") else None)
+               collective_scores=preference_scores(splits.eval, stage) if stage in PREFERENCE_LOGS else None)
 
 
 def preference_scores(eval_set, stage: str):
-    """The trainer's reward and log-probability metrics on the eval split (every rank takes part). ORPO's and
-    CPO's evaluate() take only data prepared as their __init__ prepares it, with the same public steps."""
+    """A preference trainer's (DPO, KTO, ORPO, SimPO) reward and log-probability metrics on the eval split (every
+    rank takes part). ORPO's and CPO's evaluate() take only data prepared as their __init__ prepares it, with the
+    same public steps."""
     def scores(trainer) -> dict:
         data = eval_set
         if stage in ("orpo", "simpo"):
@@ -201,7 +199,7 @@ def good_replies(rows: list[dict]) -> list[dict]:
 
 def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, rows: list[dict], baseline: bool) -> dict:
     """`tunelab eval` of an alignment run: the same scores training wrote, on `rows`."""
-    from tunelab.evaluation.causal_lm import evaluate
+    from tunelab.evaluation.causal_lm import evaluate, prompt_only
     from tunelab.families import causal_lm
 
     if stage == "reward":
@@ -212,7 +210,7 @@ def evaluate_run(run_dir: Path, recipe: Recipe, stage: str, rows: list[dict], ba
     loaded = {"model": causal_lm.load_run(run_dir)}
     if baseline:
         loaded["baseline"] = causal_lm.base_model_of(run_dir)
-    if stage in ONLINE and "prompt" in rows[0] and not ({"completion", "chosen"} & set(rows[0])):
+    if stage in ONLINE and prompt_only(rows[0]):
         funcs, processors = reward_funcs(recipe)
         return {k: reply_rewards(m, t, recipe, rows, funcs, processors) for k, (m, t) in loaded.items()}
     return {k: evaluate(m, t, recipe, good_replies(rows)) for k, (m, t) in loaded.items()}

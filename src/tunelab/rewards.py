@@ -136,12 +136,9 @@ def sequence_scores(model, tokenizer, conversations: list, batch_size: int = 16)
 
 def pair_scores(model, tokenizer, rows: list[dict]) -> dict:
     """Reward accuracy (chosen scored above rejected) and mean margin on preference pairs."""
-    def whole(row, side):
-        prompt, reply = row["prompt"], row[side]
-        return prompt + reply if isinstance(prompt, list) else prompt + reply
-
-    chosen = sequence_scores(model, tokenizer, [whole(r, "chosen") for r in rows])
-    rejected = sequence_scores(model, tokenizer, [whole(r, "rejected") for r in rows])
+    # prompt + reply: two message lists joined into one conversation, or two strings into one text
+    chosen = sequence_scores(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows])
+    rejected = sequence_scores(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows])
     margins = [c - r for c, r in zip(chosen, rejected)]
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins),
             "mean_reward": (sum(chosen) + sum(rejected)) / (2 * len(margins)), "pairs": len(margins)}

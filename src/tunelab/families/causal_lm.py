@@ -19,7 +19,7 @@ from tunelab.data.chat import (ENDOFTEXT, IM_END, IM_START, TemplateNotUsable, c
                                render, set_chat_template)
 from tunelab.data.loading import apply_length_limit, load_dataset, load_splits
 from tunelab.errors import UserError
-from tunelab.evaluation.causal_lm import evaluate
+from tunelab.evaluation.causal_lm import evaluate, prompt_only
 from tunelab.evaluation.generation import check_generate, generate as generate_replies, render_prompt
 from tunelab.evaluation.perplexity import loss_tokens
 from tunelab.families import Job, PredictRequest, split_report
@@ -167,7 +167,7 @@ def _record_length(tokenizer, row: dict) -> int:
     if "rejected" in row:  # a preference pair is as long as its longer side
         return max(len(loss_tokens(tokenizer, {"prompt": row["prompt"], "chosen": row[k]}, _NO_LIMIT)[0])
                    for k in ("chosen", "rejected"))
-    if "answer" in row:  # a prompt to generate from (GRPO, RLOO)
+    if prompt_only(row):  # a prompt to generate from (GRPO, RLOO)
         return len(tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
     return len(loss_tokens(tokenizer, row, _NO_LIMIT)[0])
 
@@ -224,7 +224,7 @@ def check(recipe: Recipe, stage: str) -> None:
     check_generate(recipe.eval.generate)
     if stage in alignment.FORMATS:
         alignment.check(recipe, stage)
-    elif recipe.rewards:
+    if recipe.rewards and stage not in alignment.ONLINE:
         raise UserError(f"{recipe.origin('rewards')}: rewards are read by causal_lm.grpo and causal_lm.rloo only "
                         f"(this recipe is {recipe.recipe}); remove the key")
 
@@ -289,16 +289,7 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
                processors=(tokenizer, model.generation_config), report=splits.report,
                metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
                         "precision": precision_choice},
-               collective_scores=trainer_scores(splits.eval) if stage == "dpo" else None)
-
-
-def trainer_scores(eval_set):
-    """A preference trainer's (DPO, KTO, ORPO, SimPO) reward and log-probability metrics on the eval split
-    (every rank takes part)."""
-    def scores(trainer) -> dict:
-        found = trainer.evaluate(eval_set)
-        return {k.removeprefix("eval_"): v for k, v in found.items() if "rewards" in k or "logps" in k}
-    return scores
+               collective_scores=alignment.preference_scores(splits.eval, stage) if stage == "dpo" else None)
 
 
 # ---------------------------------------------------------------- finished runs
