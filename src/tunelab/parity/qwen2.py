@@ -1,5 +1,6 @@
-"""tunelab.scratch.qwen2 against transformers' Qwen2: norm, RoPE, logits, greedy generation, the KV cache,
-and a real tunelab run directory (`run_dir_checks`)."""
+"""tunelab.scratch.qwen2 against transformers' Qwen2: norm, RoPE, logits (GQA, MQA and MHA head layouts; float32
+and bfloat16), the `labels=` loss, greedy generation, the KV cache, and a real tunelab run directory
+(`run_dir_checks`)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,20 @@ from tunelab.parity import Check
 from tunelab.scratch import qwen2
 
 
-def tiny_config(tie: bool = True) -> transformers.Qwen2Config:
+def tiny_config(tie: bool = True, num_key_value_heads: int = 2) -> transformers.Qwen2Config:
+    """4 query heads; 2 key/value heads (GQA) unless told 1 (MQA) or 4 (MHA)."""
     return transformers.Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+                                    num_attention_heads=4, num_key_value_heads=num_key_value_heads,
+                                    tie_word_embeddings=tie)
 
 
-def tiny_hf_qwen2(tie: bool = True, seed: int = 0, std: float = 0.3) -> transformers.Qwen2ForCausalLM:
+def tiny_hf_qwen2(tie: bool = True, seed: int = 0, std: float = 0.3,
+                  num_key_value_heads: int = 2) -> transformers.Qwen2ForCausalLM:
     """A random 2-layer Qwen2. Every parameter is redrawn with a large std: HF's init leaves the q/k/v
     biases at zero (they would go untested) and gives near-uniform next-token distributions, whose
     near-ties could flip a greedy or beam choice on rounding noise alone."""
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(tiny_config(tie)).eval()
+    model = transformers.Qwen2ForCausalLM(tiny_config(tie, num_key_value_heads)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, std)
@@ -61,17 +65,41 @@ def left_padded_batch():
     return input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def logits_diff(tie: bool) -> float:
-    """A left-padded batch; padded query rows see no key at all and their outputs are meaningless, so only
-    real tokens are compared."""
-    hf = tiny_hf_qwen2(tie=tie)
+def real_token_logits(tie: bool = True, num_key_value_heads: int = 2, dtype=torch.float32, attention: str = "sdpa"):
+    """(ours, reference) logits of a left-padded batch, on real tokens only: padded query rows see no key at
+    all and their outputs are meaningless."""
+    hf = tiny_hf_qwen2(tie=tie, num_key_value_heads=num_key_value_heads).to(dtype)
+    hf.set_attn_implementation(attention)
     ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
     input_ids, attention_mask, position_ids = left_padded_batch()
     with torch.no_grad():
         ref = hf(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         got = ours(input_ids, attention_mask=attention_mask, position_ids=position_ids)
     real = attention_mask.bool()
-    return (got[real] - ref[real]).abs().max().item()
+    return got[real], ref[real]
+
+
+def logits_diff(tie: bool = True, num_key_value_heads: int = 2) -> float:
+    got, ref = real_token_logits(tie, num_key_value_heads)
+    return (got - ref).abs().max().item()
+
+
+def labels_loss_diff() -> float:
+    """The mean next-token loss over a right-padded batch, as training batches are padded, with the padding and
+    a 3-token "prompt" labelled -100: the shift and the skipped targets both matter. (Left padding would make
+    a padding position predict the first real token, with logits that mean nothing.)"""
+    hf = tiny_hf_qwen2(seed=3)
+    ours = qwen2.Qwen2ForCausalLM.from_hf(hf)
+    input_ids = torch.randint(0, 96, (3, 12))
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[1, 8:] = 0
+    attention_mask[2, 5:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :3] = -100
+    with torch.no_grad():
+        ref = hf(input_ids, attention_mask=attention_mask, labels=labels).loss
+        _, got = ours(input_ids, attention_mask, labels=labels)
+    return abs(got.item() - ref.item())
 
 
 def token_diff(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -119,9 +147,9 @@ def cache_diff() -> float:
 PROMPTS = ["The capital of France is", "Question: what is two plus two?\nAnswer:", "Hello"]
 
 
-def run_dir_logits_diff(run_dir: Path) -> float:
-    """Our model on the weights of a finished run (LoRA merged in) against the transformers model
-    tunelab itself loads for that run, on a right-padded batch of prompts."""
+def run_dir_logits(run_dir: Path):
+    """(ours, reference): our model on the weights of a finished run (LoRA merged in) against the transformers
+    model tunelab itself loads for that run, on the real tokens of a right-padded batch of prompts."""
     from tunelab.families.causal_lm import load_run
 
     ref, tokenizer = load_run(run_dir, merge=True)
@@ -132,20 +160,30 @@ def run_dir_logits_diff(run_dir: Path) -> float:
         want = ref(**batch).logits
         got = ours(batch["input_ids"], attention_mask=batch["attention_mask"])
     real = batch["attention_mask"].bool()
-    return (got[real] - want[real]).abs().max().item()
+    return got[real], want[real]
+
+
+# torch.testing.assert_close's float32 defaults: trained logits reach 10-30 rather than ~1 and float32 rounding
+# grows with them (seen: ~3e-6), so the allowance grows with each logit instead of a fixed, hand-tuned one.
+F32_ATOL, F32_RTOL = 1e-5, 1.3e-6
+# ... and its bfloat16 ones: 8 significant bits, one unit in the last place is 0.008 for a logit in [1, 2).
+# The reference runs eager attention (the same operations in the same order), and the logits come out equal.
+# transformers' default sdpa kernel sums in another order and lands up to 4 units apart (0.03 over 6 seeds and
+# the 3 head layouts); a tolerance wide enough for that (5e-2) would also pass an RMSNorm computed in bfloat16
+# instead of float32 (0.04 against sdpa), which fails this row.
+BF16_ATOL, BF16_RTOL = 1e-5, 1.6e-2
 
 
 def run_dir_checks(run_dir: Path) -> list[Check]:
-    # Trained logits reach 10-30 rather than ~1 and float32 rounding grows with them (seen: ~3e-6).
     return [Check(f"qwen2 logits, run {Path(run_dir).name}", "tunelab.families.causal_lm.load_run(merge=True)",
-                  lambda: run_dir_logits_diff(Path(run_dir)), 5e-5)]
+                  lambda: run_dir_logits(Path(run_dir)), F32_ATOL, rtol=F32_RTOL)]
 
 
-def embedded_run_diff() -> float:
+def embedded_run_logits():
     from tunelab import checkpoints
 
     checkpoints.build_embedded()  # no-op when the cache has it (tests/conftest.py builds a quick one)
-    return run_dir_logits_diff(checkpoints.embedded_run_dir())
+    return run_dir_logits(checkpoints.embedded_run_dir())
 
 
 CHECKS = [
@@ -153,10 +191,19 @@ CHECKS = [
     Check("qwen2 rope cos/sin", "transformers Qwen2RotaryEmbedding", rope_diff, 1e-6),
     Check("qwen2 logits, tied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=True), 1e-5),
     Check("qwen2 logits, untied, left-padded", "transformers Qwen2ForCausalLM", lambda: logits_diff(tie=False), 1e-5),
+    Check("qwen2 logits, MQA (1 kv head for 4), left-padded", "transformers Qwen2ForCausalLM",
+          lambda: logits_diff(num_key_value_heads=1), 1e-5),
+    Check("qwen2 logits, MHA (4 kv heads for 4), left-padded", "transformers Qwen2ForCausalLM",
+          lambda: logits_diff(num_key_value_heads=4), 1e-5),
+    Check("qwen2 logits, bfloat16, left-padded", "transformers Qwen2ForCausalLM in bfloat16, eager attention",
+          lambda: real_token_logits(dtype=torch.bfloat16, attention="eager"), BF16_ATOL, rtol=BF16_RTOL),
+    Check("qwen2 labels loss, prompt and padding -100", "transformers Qwen2ForCausalLM(labels=).loss",
+          labels_loss_diff, 1e-5),
     Check("qwen2 greedy tokens (KV cache)", "transformers generate(do_sample=False)", lambda: greedy_diff(False), 0),
     Check("qwen2 greedy tokens, left-padded prompts", "transformers generate(do_sample=False, attention_mask)",
           lambda: greedy_diff(True), 0),
     Check("qwen2 logits through the KV cache, left-padded", "transformers Qwen2ForCausalLM, one pass",
           cache_diff, 1e-5),
-    Check("qwen2 logits, embedded run", "tunelab.families.causal_lm.load_run(embedded default)", embedded_run_diff, 5e-5),
+    Check("qwen2 logits, embedded run", "tunelab.families.causal_lm.load_run(embedded default)", embedded_run_logits,
+          F32_ATOL, rtol=F32_RTOL),
 ]

@@ -1,5 +1,5 @@
 """Qwen2 from scratch: a decoder-only transformer with RMSNorm, rotary positions, grouped-query attention
-and a SwiGLU MLP, plus greedy generation with a KV cache.
+and a SwiGLU MLP, the next-token loss, plus greedy generation with a KV cache.
 
 Paper: Qwen2 Technical Report, https://arxiv.org/abs/2407.10671
 HF source: https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py
@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tunelab.scratch.losses import IGNORE_INDEX, cross_entropy
 
 
 @dataclass
@@ -95,7 +97,9 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x, cos, sin):  # x (B, n, T, hs); cos, sin (B, T, hs)
+def apply_rope(x, cos, sin):  # x (B, n, T, hs); cos, sin (B, T, hs) in float32
+    # angles in float32 (bfloat16 cannot tell position 256 from 257), then cast so a bfloat16 q stays bfloat16
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
@@ -223,8 +227,16 @@ class Qwen2ForCausalLM(nn.Module):
         model.load_state_dict(hf_model.state_dict(), strict=True)
         return model.to(hf_model.dtype).eval()
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
-        return self.lm_head(self.model(input_ids, attention_mask, position_ids, cache))  # (B, T, vocab)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, labels=None):
+        """Logits (B, T, vocab); given labels (B, T), also the next-token loss: (logits, loss) as nanoGPT returns
+        them. labels are the input ids with -100 where no loss is wanted (prompt, padding); position t's logits
+        predict labels[t + 1], so the shift happens here, as in transformers' `labels=`."""
+        logits = self.lm_head(self.model(input_ids, attention_mask, position_ids, cache))  # (B, T, vocab)
+        if labels is None:
+            return logits
+        # the last position predicts a token not in the batch; the loss in float32 even for a bfloat16 model
+        loss = cross_entropy(logits[:, :-1].float(), labels[:, 1:], IGNORE_INDEX)  # mean over counted tokens
+        return logits, loss
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, eos_token_id: int | None = None, attention_mask=None):
@@ -239,7 +251,10 @@ class Qwen2ForCausalLM(nn.Module):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): count from the first real token
         done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)  # (B,)
         for _ in range(max_new_tokens):
-            logits = self(new, attention_mask, position_ids, cache)[:, -1]  # (B, vocab)
+            hidden = self.model(new, attention_mask, position_ids, cache)  # (B, T or 1, C)
+            # only the last position's next token is wanted: the head (C x vocab, the largest matmul of a small
+            # model) runs on one row per sequence instead of all T prompt positions, as nanoGPT's does
+            logits = self.lm_head(hidden[:, -1])  # (B, vocab)
             next_id = logits.argmax(dim=-1)  # (B,)
             if eos_token_id is not None:
                 next_id = torch.where(done, eos_token_id, next_id)
