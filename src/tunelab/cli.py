@@ -1,4 +1,4 @@
-"""`tunelab train|eval|generate|predict|merge|parity|bench|compare|sweep|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
+"""`tunelab train|eval|generate|predict|merge|quantize|prune|parity|bench|compare|sweep|recipes|validate|demo`. User mistakes: one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate with a run's model and its chat template")
     g.add_argument("run_dir")
     g.add_argument("--prompt", help="one user message (or raw text with --raw)")
+    g.add_argument("--image", help="vision-language runs: the picture the --prompt asks about")
     g.add_argument("--chat", action="store_true", help="interactive multi-turn chat on stdin")
     g.add_argument("--system", help="system message")
     g.add_argument("--raw", action="store_true", help="no chat template (causal) or no task prefix (seq2seq)")
@@ -68,6 +69,33 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir")
     m.add_argument("out_dir")
     m.add_argument("--overwrite", action="store_true")
+
+    qz = sub.add_parser("quantize", help="quantize a causal LM run's linear layers into a new run (a LoRA run is "
+                                          "merged first); eval before and after, size, generation speed")
+    qz.add_argument("run_dir")
+    qz.add_argument("out_dir")
+    qz.add_argument("--method", required=True, choices=("int8", "nf4", "dynamic-int8"),
+                    help="int8: bitsandbytes LLM.int8, saved int8 (about 1/4 of float32 on disk; on this CPU build "
+                         "slower than float, see README); nf4: bitsandbytes 4-bit NormalFloat, saved packed (about "
+                         "1/7); dynamic-int8: torch's dynamic int8 matmuls, the CPU speed option, not savable: OUT "
+                         "keeps the float weights and is quantized again on load")
+    qz.add_argument("--max-samples", type=_positive, help="score before and after on at most this many eval records "
+                                                           "(default: the recipe's eval.max_samples)")
+    qz.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+
+    pr = sub.add_parser("prune", help="magnitude-prune a causal LM run into a new run (a LoRA run is merged first): "
+                                      "zeros in every linear layer, or with --structured whole heads or MLP channels")
+    pr.add_argument("run_dir")
+    pr.add_argument("out_dir")
+    pr.add_argument("--sparsity", type=float, required=True,
+                    help="share in [0, 1) of the weights (or, --structured, of the key/value heads or MLP channels of "
+                         "each layer, rounded down) to remove")
+    pr.add_argument("--structured", choices=("heads", "channels"),
+                    help="remove whole key/value heads with their query heads, or MLP channels, the same number in "
+                         "every layer: the model shrinks (default: unstructured zeros, same shapes)")
+    pr.add_argument("--max-samples", type=_positive, help="score before and after on at most this many eval records "
+                                                           "(default: the recipe's eval.max_samples)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
 
     q = sub.add_parser("parity", help="check the lab's from-scratch models against transformers/peft/TRL; print a table")
     q.add_argument("-k", dest="match", help="only checks whose component contains this text (e.g. t5, lora)")
@@ -141,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes announces on import, on CPUs with AVX-512 BF16, that it could not fetch an optional kernel from
     # the hub (the `kernels` package); it then uses its own CPU kernel, which is what tunelab has always run on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # An int8 (LLM.int8) model logs at every matmul that it casts float32 inputs to float16, as it is built to.
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     try:
         from tunelab import commands
 

@@ -126,11 +126,18 @@ def cmd_generate(args) -> int:
     if not family.CHAT and (args.chat or args.system):
         raise UserError(f"generate: --chat and --system are for chat models; a {recipe.recipe} run maps one --prompt "
                         f"to one output")
+    sees_images = getattr(family, "IMAGES", False)
+    if bool(args.image) != sees_images:
+        raise UserError(f"generate: a {recipe.recipe} run answers about a picture: give --image PATH" if sees_images
+                        else f"generate: --image is for vision-language runs; a {recipe.recipe} run reads text only")
+    if sees_images and not args.prompt:
+        raise UserError("generate: give --prompt TEXT with --image (one question about the picture)")
     torch.manual_seed(args.seed)
     loaded = family.load_run(run_dir)
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt:
-        prompt = args.prompt if args.raw or not family.CHAT else history + [{"role": "user", "content": args.prompt}]
+        question = {"role": "user", "content": args.prompt, **({"image": args.image} if sees_images else {})}
+        prompt = args.prompt if args.raw or not family.CHAT else history + [question]
         print(family.generate(loaded, recipe, [prompt], g, args.raw)[0])
         return 0
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
@@ -163,6 +170,81 @@ def cmd_merge(args) -> int:
     tmp.rename(out)
     print(f"merged {run_dir}/adapter into its base: {out}")
     return 0
+
+
+def cmd_quantize(args) -> int:
+    from tunelab.compression import quantize, runs
+
+    out = Path(args.out_dir)
+    runs.check_out(args.run_dir, out, args.overwrite)
+    why = quantize.unavailable(args.method)
+    if why:
+        raise UserError(f"quantize --method {args.method}: not available on this machine: {why}")
+    source = runs.load_source(args.run_dir)
+
+    def write_model(float_dir: Path, model_dir: Path) -> dict:
+        if args.method == "dynamic-int8":  # torch cannot save it: keep the float weights, quantize on load
+            float_dir.rename(model_dir)
+            return {"weights_in_memory_mb": quantize.in_memory_mb(quantize.dynamic_int8(source.model))}
+        quantize.save_bnb(float_dir, model_dir, args.method)
+        return {}
+
+    made = {"kind": "quantize", "method": args.method, "label": args.method, "settings": {"method": args.method},
+            "command": f"tunelab quantize {args.run_dir} {args.out_dir} --method {args.method}"}
+    metrics = runs.compress(source, out, made, write_model, args.max_samples, args.overwrite)
+    _print_compression(out, metrics)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from tunelab.compression import prune, runs
+
+    out = Path(args.out_dir)
+    if not 0 <= args.sparsity < 1:
+        raise UserError(f"prune --sparsity {args.sparsity:g}: should be in [0, 1) (0.5 removes half the weights)")
+    runs.check_out(args.run_dir, out, args.overwrite)
+    source = runs.load_source(args.run_dir)
+    at = f"prune --structured {args.structured}"
+    if args.structured:  # the checks that read the model's shape, before anything is written
+        prune.check_structured(source.model, args.sparsity, args.structured, at)
+
+    def write_model(float_dir: Path, model_dir: Path) -> dict:
+        if args.structured:
+            smaller = prune.structured(source.model, args.sparsity, args.structured, at)
+            smaller.save_pretrained(model_dir)
+            return {"total_params": sum(p.numel() for p in smaller.parameters()), "config": {
+                k: getattr(smaller.config, k) for k in ("num_attention_heads", "num_key_value_heads", "head_dim",
+                                                        "intermediate_size") if hasattr(smaller.config, k)}}
+        facts = prune.unstructured(source.model, args.sparsity)
+        source.model.save_pretrained(model_dir)
+        return facts
+
+    label = f"{args.structured or 'unstructured'} {args.sparsity:g}"
+    made = {"kind": "prune", "method": args.structured or "unstructured", "label": label,
+            "settings": {"sparsity": args.sparsity, "structured": args.structured},
+            "command": f"tunelab prune {args.run_dir} {args.out_dir} --sparsity {args.sparsity:g}"
+                       + (f" --structured {args.structured}" if args.structured else "")}
+    metrics = runs.compress(source, out, made, write_model, args.max_samples, args.overwrite)
+    _print_compression(out, metrics)
+    return 0
+
+
+def _print_compression(out: Path, metrics: dict) -> None:
+    c = metrics["compression"]
+    before, after = c["before"], c["after"]
+    print(f"{c['label']} of {c['source']}: {out}")
+    print(f"  weights on disk {before['weights_mb']:.3g} MB -> {after['weights_mb']:.3g} MB, parameters "
+          f"{before['total_params']:,} -> {after['total_params']:,}, generation {before['generate_tokens_per_second']} "
+          f"-> {after['generate_tokens_per_second']} tokens/s")
+    if "zero_fraction" in after:
+        print(f"  zeros in the pruned linear layers: {after['zero_fraction']:.1%}")
+    if c["method"] == "dynamic-int8":
+        print(f"  in memory {after['weights_in_memory_mb']:.3g} MB; model/ holds the float weights, quantized again "
+              f"on load (torch cannot save dynamic int8)")
+    print(f"{'metric':<16}{'before':>12}{'after':>12}{'difference':>12}")
+    for k, v in after["eval"].items():
+        if isinstance(v, float) and isinstance(before["eval"].get(k), float):
+            print(f"{k:<16}{before['eval'][k]:>12.4f}{v:>12.4f}{v - before['eval'][k]:>+12.4f}")
 
 
 def cmd_recipes(args) -> int:

@@ -44,7 +44,9 @@ def read_run(run_dir: Path) -> dict:
         "run": run_dir.name,
         "path": str(run_dir),
         "recipe": recipe.recipe,
-        "method": recipe.adapter.method,
+        # A `tunelab quantize` or `prune` run is its source's method, compressed: "full, int8".
+        "method": ", ".join([recipe.adapter.method, *([metrics["compression"]["label"]] if "compression" in metrics
+                                                      else [])]),
         "learning_rate": float_or_none(recipe.train.get("learning_rate")),
         "trainable_params": trainable,
         "total_params": total,

@@ -1,4 +1,5 @@
-"""Causal LM recipes for any decoder-only AutoModelForCausalLM: pretrain, sft (TRL SFTTrainer), dpo (TRL DPOTrainer).
+"""Causal LM recipes for any decoder-only AutoModelForCausalLM: pretrain, sft (TRL SFTTrainer), dpo (TRL DPOTrainer),
+distill (SFTTrainer with a teacher's term, tunelab.compression.distill).
 
 The trainers do the work; this module loads the model (dtype, 4-bit quantization, tokenizer and chat template
 fixes), chooses the trainers' arguments and hands them data in TRL's shapes. tunelab.training runs them.
@@ -14,6 +15,7 @@ from jinja2 import TemplateError
 from trl import DPOConfig, DPOTrainer, SFTConfig
 
 from tunelab import adapters, alignment, checkpoints, own_methods, precision, rewards, rundir
+from tunelab.compression import distill, runs as compressed
 from tunelab.config import GenerateConfig, ModelConfig, Recipe, trainer_args
 from tunelab.data.chat import (ENDOFTEXT, IM_END, IM_START, TemplateNotUsable, check_replies, end_of_turn_ids,
                                render, set_chat_template)
@@ -29,6 +31,7 @@ FORMATS = {
     "pretrain": ("text",),
     "sft": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),
     "dpo": ("preference",),
+    "distill": ("messages", "alpaca", "sharegpt", "prompt_completion", "text"),  # SFT's data, a teacher beside it
     **alignment.FORMATS,  # reward, grpo, rloo, kto, orpo, simpo
 }
 GENERATES = True
@@ -40,6 +43,7 @@ TRAIN_DEFAULTS = {"activation_checkpointing": False, "logging_steps": 5, "save_s
 # Pad to the longest in a batch of similar lengths: measured faster on the CPU than padding-free packing
 # (README, "Speed"). Measured for SFT only, so DPO keeps the Trainer's default (random) order.
 LENGTH_GROUPING = {"train_sampling_strategy": "group_by_length"}
+SFT_LIKE = ("sft", "distill")  # stages that train on SFT's data with SFT's loss masks
 _NO_LIMIT = 10**9
 
 
@@ -105,9 +109,12 @@ def load_model(model_cfg: ModelConfig):
     path = checkpoints.model_path(model_cfg)
     checkpoints.check_kind(model_cfg, path, encoder_decoder=False)
     tokenizer = load_tokenizer(model_cfg, path)
+    # Passed only when the recipe quantizes: an explicit None would override the one a quantized checkpoint's
+    # config.json carries (`tunelab quantize`), and its packed weights would be read as float ones.
+    quantized = {"quantization_config": quantization_config(model_cfg)} if model_cfg.quantization else {}
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=checkpoints.DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation,
-        quantization_config=quantization_config(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+        trust_remote_code=model_cfg.trust_remote_code, **quantized)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # ChatML tokens were added
         model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
@@ -130,8 +137,8 @@ def load_run(run_dir: str | Path, merge: bool = False, quantization: str | None 
     if recipe.recipe == "causal_lm.reward":
         return alignment.load_reward_run(run_dir, merge=merge)
     if (run_dir / "model").is_dir():
-        cfg = ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization)
-        return load_model(cfg)
+        model, tokenizer = load_model(ModelConfig(name_or_path=str(run_dir / "model"), quantization=quantization))
+        return compressed.on_load(run_dir, model, merge), tokenizer
     if quantization and not recipe.model.quantization:
         raise UserError(f"{run_dir}: a 4-bit model cannot be made from a run with an unmerged adapter; "
                         f"run `tunelab merge {run_dir} OUT_DIR` and point model.name_or_path at OUT_DIR")
@@ -224,9 +231,28 @@ def check(recipe: Recipe, stage: str) -> None:
     check_generate(recipe.eval.generate)
     if stage in alignment.FORMATS:
         alignment.check(recipe, stage)
+    if stage == "distill":
+        _check_distill(recipe)
     if recipe.rewards and stage not in alignment.ONLINE:
         raise UserError(f"{recipe.origin('rewards')}: rewards are read by causal_lm.grpo and causal_lm.rloo only "
                         f"(this recipe is {recipe.recipe}); remove the key")
+
+
+def _check_distill(recipe: Recipe) -> None:
+    method = recipe.adapter.method
+    if method in adapters.PROMPT_LEARNING or method == "adalora":
+        why = ("its orthogonality penalty rides on the model's own loss, which distillation replaces"
+               if method == "adalora" else "its virtual tokens shift the positions teacher and student are compared at")
+        raise UserError(f"{recipe.origin('adapter.method')}: adapter.method={method} does not fit causal_lm.distill "
+                        f"({why}); use full or lora")
+    if not recipe.train.get("teacher_model_name_or_path"):
+        raise UserError(f"{recipe.origin('train')}: causal_lm.distill needs train.teacher_model_name_or_path (a run "
+                        f"directory, a checkpoint or an embedded default with the student's vocabulary)")
+    reshaped = recipe.train.get("student_layers") is not None or recipe.train.get("student_init") == "fresh"
+    if reshaped and method not in adapters.WHOLE_MODEL:
+        key = "train.student_layers" if "train.student_layers" in recipe.origins else "train.student_init"
+        raise UserError(f"{recipe.origin(key)}: a student cut or re-initialised from model.name_or_path is no longer "
+                        f"that model, so an adapter could not be put back on it; use adapter.method=full")
 
 
 def build_args(recipe: Recipe, stage: str, output_dir: Path):
@@ -239,8 +265,9 @@ def build_args(recipe: Recipe, stage: str, output_dir: Path):
     if stage == "dpo":
         return trainer_args(DPOConfig, recipe, defaults, output_dir=str(output_dir),
                             max_length=recipe.data.max_length)
-    return trainer_args(SFTConfig, recipe, {**defaults, **LENGTH_GROUPING}, output_dir=str(output_dir),
-                        max_length=recipe.data.max_length, **(_sft_loss_args(recipe) if stage == "sft" else {}))
+    return trainer_args(distill.DistillConfig if stage == "distill" else SFTConfig, recipe,
+                        {**defaults, **LENGTH_GROUPING}, output_dir=str(output_dir), max_length=recipe.data.max_length,
+                        **(_sft_loss_args(recipe) if stage in SFT_LIKE else {}))
 
 
 def data_report(recipe: Recipe, stage: str) -> dict:
@@ -259,11 +286,11 @@ def model_and_data(recipe: Recipe, stage: str, seed: int):
     else:
         model, tokenizer = load_model(recipe.model)
     adapters.check_model_fits(recipe, model)
-    if stage == "sft" and recipe.data.loss_on == "assistant" and "messages" in splits.train.column_names:
+    if stage in SFT_LIKE and recipe.data.loss_on == "assistant" and "messages" in splits.train.column_names:
         check_replies(tokenizer, recipe.model.name_or_path)
     for name in ("train", "eval"):
         ds = getattr(splits, name)
-        if stage == "sft":
+        if stage in SFT_LIKE:
             ds = tokenize_conversations(ds, tokenizer, recipe.data.loss_on, splits.where[name],
                                         recipe.model.name_or_path)
         lengths = [_record_length(tokenizer, row) for row in ds]
@@ -275,21 +302,45 @@ def prepare(recipe: Recipe, stage: str, args) -> Job:
     if stage in alignment.FORMATS:
         return alignment.prepare(recipe, stage, args)
     model, tokenizer, splits = model_and_data(recipe, stage, args.seed)
+    facts = {}
+    trainer_kwargs = {"processing_class": tokenizer}
+    if stage == "distill":
+        model, trainer_kwargs["teacher_model"], facts["teacher"] = _student_and_teacher(recipe, args, model, tokenizer,
+                                                                                        splits.eval.to_list())
     set_stop_tokens(model, tokenizer)
     precision_choice = recipe.decisions.get("precision", {"bf16": args.bf16, "why": "set by the recipe (train.bf16)"})
     # TRL wraps a PEFT method's model itself (with its own care for 4-bit bases and checkpointing).
-    peft_config = adapters.peft_config(recipe, "causal_lm", model)
+    trainer_kwargs["peft_config"] = adapters.peft_config(recipe, "causal_lm", model)
     model = own_methods.apply(model, recipe)
+    trainer_cls = {"dpo": DPOTrainer, "distill": distill.DistillationTrainer}.get(stage, SFTTrainerLabelPositions)
     return Job(model=model, train_dataset=for_trainer(splits.train), eval_dataset=for_trainer(splits.eval),
                evaluate=lambda trained, _: evaluate(trained, tokenizer, recipe, splits.eval.to_list()),
-               auto_class="AutoModelForCausalLM",
-               trainer_cls=DPOTrainer if stage == "dpo" else SFTTrainerLabelPositions,
-               trainer_kwargs={"processing_class": tokenizer, "peft_config": peft_config},
+               auto_class="AutoModelForCausalLM", trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs,
                # The generation config goes with an adapter too, so that its end of turn is kept.
                processors=(tokenizer, model.generation_config), report=splits.report,
                metrics={"chat_template": getattr(tokenizer, "tunelab_chat_template", "own"),
-                        "precision": precision_choice},
+                        "precision": precision_choice, **facts},
                collective_scores=alignment.preference_scores(splits.eval, stage) if stage == "dpo" else None)
+
+
+def _student_and_teacher(recipe: Recipe, args, model, tokenizer, eval_rows: list[dict]):
+    """(student, teacher, the teacher's facts for metrics.json): the student cut as train.student_layers and
+    train.student_init say; the teacher loaded (a run merged), checked against it, and scored on the same eval
+    records as the student will be, so that one run holds both rows of the comparison."""
+    at = recipe.origin("train.teacher_model_name_or_path")
+    student = distill.make_student(model, args.student_layers, args.student_init, recipe.model.attn_implementation,
+                                   recipe.origin("train.student_layers"))
+    name = args.teacher_model_name_or_path
+    try:
+        teacher, teacher_tokenizer = load_model(ModelConfig(name_or_path=name, dtype=recipe.model.dtype,
+                                                            attn_implementation=recipe.model.attn_implementation))
+    except UserError as e:  # the loader names the field it was given; here that field is the teacher's
+        raise UserError(f"{at}: {str(e).replace('model.name_or_path', 'train.teacher_model_name_or_path')}") from None
+    distill.check_teacher(teacher, teacher_tokenizer, student, tokenizer, name, at)
+    facts = {"name_or_path": rundir.portable(name), "total_params": rundir.count_params(teacher)[1],
+             "eval": {k: v for k, v in evaluate(teacher, teacher_tokenizer, recipe, eval_rows).items()
+                      if k != "samples"}}
+    return student, teacher, facts
 
 
 # ---------------------------------------------------------------- finished runs
