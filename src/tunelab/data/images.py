@@ -197,3 +197,51 @@ def write_builtin(split: str, out_dir: str | Path, layout: str = "captions", lim
     target = out / "captions.jsonl"
     target.write_text("".join(lines), encoding="utf-8")
     return target
+
+
+LABEL_SUFFIXES = (".jsonl", ".csv")
+
+
+def read_image_labels(spec: str, need_labels: bool = True) -> Records:
+    """Labelled images for the ViT recipes (format image_label) from builtin:NAME, an image folder (one subfolder
+    per class, the folder name is the label) or a .jsonl/.csv file with columns `image` (a path relative to the
+    data file's folder, or absolute) and `label` (a class name; a whole number is read as its name, "3").
+    Without `need_labels` (MAE and DINO training read pictures only) a file's records may leave the label out."""
+    if spec.startswith("builtin:"):
+        records = read_records(spec)
+        if records.implied_format != "image_label":
+            raise UserError(f"{spec}: this built-in set is in the {records.implied_format!r} format, not image_label "
+                            f"(the built-in labelled pictures are builtin:shapes_classes_train, shapes_classes_eval, "
+                            f"shapes_pictures)")
+        return records
+    if Path(spec).is_dir():
+        return read_image_folder(spec)
+    path = Path(spec)
+    if path.suffix not in LABEL_SUFFIXES:
+        raise UserError(f"{spec}: unsupported data for image_label {path.suffix!r} (use an image folder with one "
+                        f"subfolder per class, or a .jsonl/.csv file with columns 'image' and 'label')")
+    records = read_records(spec)
+    base = path.resolve().parent
+    wanted = ("image", "label") if need_labels else ("image",)
+    if path.suffix == ".csv":  # a missing column is a header mistake: say so once, at line 1
+        missing = [c for c in wanted if c not in records.rows[0]]
+        if missing:
+            found = ", ".join(repr(k) for k in records.rows[0] if k is not None) or "none"
+            raise UserError(f"{path}:1: the header has no {missing[0]!r} column (found {found}; expected 'image', a "
+                            f"path relative to the data file, and 'label', the class name)")
+    rows = []
+    for i, row in enumerate(records.rows):
+        where = records.where(i)
+        image, label = row.get("image"), row.get("label")
+        if not isinstance(image, str) or not image.strip():
+            raise UserError(f"{where}: record has no 'image' path (expected 'image', a path relative to the data "
+                            f"file, and 'label', the class name)")
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = str(label)
+        if (label is not None or need_labels) and (not isinstance(label, str) or not label.strip()):
+            raise UserError(f"{where}: record has no 'label' (expected the class name as a string, e.g. "
+                            f"\"label\": \"cat\")")
+        if not (base / image).is_file():
+            raise UserError(f"{where}: image file not found: {base / image} (image paths are relative to {base})")
+        rows.append({**row, "image": str(base / image), "label": label})
+    return Records(rows, records.source, records.lines)
