@@ -147,7 +147,8 @@ def _classify_scores(model, processor, recipe: Recipe, data: pictures.Pictures) 
 def _prepare_dino(recipe: Recipe, args: dino.DinoArguments, data: pictures.Pictures) -> Job:
     backbone, processor = backbones.scratch(recipe, "dino") if recipe.model.scratch else backbones.load_backbone(recipe)
     before = _knn(backbone, processor, recipe, data)  # the backbone as it starts, before the head draws its weights
-    head = dino.DinoHead(backbone.config.hidden_size, args.out_dim, args.head_hidden_dim, args.head_bottleneck_dim)
+    head = dino.DinoHead(backbone.config.hidden_size, args.out_dim, args.head_hidden_dim, args.head_bottleneck_dim,
+                         args.head_batch_norm)
     size = pictures.processor_size(processor)
     patch = backbone.config.patch_size
     local_size = args.local_crop_size or max(patch, round(size * 3 / 7 / patch) * patch)

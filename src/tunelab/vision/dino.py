@@ -51,6 +51,10 @@ class DinoArguments(TrainingArguments):
     local_crop_size: int | None = _f(None, "Side of a local crop in pixels [96 for 224]. None: 3/7 of the global "
                                      "size, rounded to whole patches.")
     hue_jitter: float = _f(0.1, "Largest hue turn of the colour jitter, as a share of the hue circle (0.5: any hue).")
+    head_batch_norm: bool = _f(False, "Batch norm in the head's MLP (DINO's use_bn_in_head): it takes out what every "
+                               "picture's feature shares, which a freshly initialised small ViT's are mostly.")
+    freeze_last_layer_steps: int = _f(0, "The head's last layer keeps its initial weights for this many optimizer "
+                                      "steps (DINO's freeze_last_layer: one epoch), which steadies the start.")
 
 
 def check_settings(args: DinoArguments, recipe: Recipe) -> None:
@@ -64,6 +68,8 @@ def check_settings(args: DinoArguments, recipe: Recipe) -> None:
     for key in ("teacher_momentum", "center_momentum"):
         if not 0 <= getattr(args, key) <= 1:
             refuse(key, "should be in [0, 1] (an EMA momentum)")
+    if args.freeze_last_layer_steps < 0:
+        refuse("freeze_last_layer_steps", "should be >= 0")
     for key in ("out_dim", "head_hidden_dim", "head_bottleneck_dim"):
         if getattr(args, key) < 1:
             refuse(key, "should be >= 1")
@@ -167,10 +173,17 @@ def teacher_momentum(step: int, total_steps: int, start: float) -> float:
 
 
 class TeacherUpdate(TrainerCallback):
-    """After every optimizer step: the teacher moves toward the student by the step's momentum."""
+    """Around every optimizer step: the student's last layer keeps its weights during the first
+    train.freeze_last_layer_steps (its gradient is dropped, so the optimizer skips it), and after the step the
+    teacher moves toward the student by the step's momentum."""
 
     def __init__(self):
         self.last_momentum: float | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step < args.freeze_last_layer_steps:
+            for p in model.student_head.last_layer.parameters():
+                p.grad = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.last_momentum = teacher_momentum(state.global_step - 1, state.max_steps, args.teacher_momentum)
