@@ -84,17 +84,22 @@ def read_image_folder(root: str | Path) -> Records:
     return Records(rows, str(root), [None] * len(rows))
 
 
+def read_builtin(spec: str, fmt: str, choices: str) -> Records:
+    """A built-in set that must be in format `fmt`; the error lists the built-in sets that are (`choices`)."""
+    records = read_records(spec)
+    if records.implied_format != fmt:
+        raise UserError(f"{spec}: this built-in set is in the {records.implied_format!r} format, not {fmt} (the "
+                        f"built-in {fmt} sets are {choices})")
+    return records
+
+
 def read_pairs(spec: str, caption_template: str = "a photo of a {}.") -> Records:
     """Image-caption pairs from any of the three sources a CLIP recipe's `data.train`/`data.eval` may name:
     builtin:NAME (pictures in memory), an image folder (captions from `caption_template` and the class
     name), or a .jsonl/.csv captions file."""
     if spec.startswith("builtin:"):
-        records = read_records(spec)
-        if records.implied_format != "image_caption":
-            raise UserError(f"{spec}: this built-in set is in the {records.implied_format!r} format, not image_caption "
-                            f"(the built-in image sets are builtin:shapes_train, shapes_eval, shapes_shifted_train, "
-                            f"shapes_shifted_eval)")
-        return records
+        return read_builtin(spec, "image_caption", "builtin:shapes_train, shapes_eval, shapes_shifted_train, "
+                                                   "shapes_shifted_eval")
     if Path(spec).is_dir():
         records = read_image_folder(spec)
         for row in records.rows:
@@ -208,12 +213,7 @@ def read_image_labels(spec: str, need_labels: bool = True) -> Records:
     data file's folder, or absolute) and `label` (a class name; a whole number is read as its name, "3").
     Without `need_labels` (MAE and DINO training read pictures only) a file's records may leave the label out."""
     if spec.startswith("builtin:"):
-        records = read_records(spec)
-        if records.implied_format != "image_label":
-            raise UserError(f"{spec}: this built-in set is in the {records.implied_format!r} format, not image_label "
-                            f"(the built-in labelled pictures are builtin:shapes_classes_train, shapes_classes_eval, "
-                            f"shapes_pictures)")
-        return records
+        return read_builtin(spec, "image_label", "builtin:shapes_classes_train, shapes_classes_eval, shapes_pictures")
     if Path(spec).is_dir():
         return read_image_folder(spec)
     path = Path(spec)

@@ -9,6 +9,7 @@ import transformers
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_ds
 
 from tunelab.parity import Check
+from tunelab.parity.qwen2 import incremental_diff, left_padded_batch
 from tunelab.scratch import mla
 
 
@@ -59,14 +60,6 @@ def tiny_models(seed: int = 0):
     return hf, mla.MlaForCausalLM.from_hf(hf)
 
 
-def left_padded_batch():
-    input_ids = torch.randint(0, 96, (3, 12))
-    attention_mask = torch.ones(3, 12, dtype=torch.long)
-    attention_mask[1, :4] = 0
-    attention_mask[2, :9] = 0
-    return input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def logits_diff() -> float:
     hf, ours = tiny_models()
     input_ids, attention_mask, position_ids = left_padded_batch()
@@ -78,18 +71,9 @@ def logits_diff() -> float:
 
 
 def latent_cache_diff() -> float:
-    """Ours fed a 6-token prompt, then one token at a time, through the latent cache (only c_kv and the rope
-    key are kept), against transformers' one pass over the whole left-padded batch."""
+    """Ours through the latent cache (only c_kv and the rope key are kept) against transformers without one."""
     hf, ours = tiny_models(seed=1)
-    input_ids, attention_mask, position_ids = left_padded_batch()
-    cache = mla.LatentCache(len(ours.model.layers))
-    with torch.no_grad():
-        ref = hf(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        chunks = [slice(0, 6)] + [slice(t, t + 1) for t in range(6, 12)]
-        got = torch.cat([ours(input_ids[:, c], attention_mask[:, :c.stop], position_ids[:, c], cache)
-                         for c in chunks], dim=1)  # (3, 12, vocab)
-    real = attention_mask.bool()
-    return (got[real] - ref[real]).abs().max().item()
+    return incremental_diff(hf, ours, mla.LatentCache(len(ours.model.layers)))
 
 
 CHECKS = [
