@@ -140,6 +140,10 @@ def test_unused_adapter_keys_are_named_and_used_ones_are_not():
     assert adapters.unused_keys(load_recipe(SFT, ["adapter.method=dora"])) == []
     assert adapters.unused_keys(load_recipe(SFT, ["adapter.method=last_layers", "adapter.trainable_layers=1"])) == [
         "adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules"]
+    vit_lora = load_recipe(REPO / "recipes" / "vit" / "classify_lora.yaml", [])  # target_modules: [q_proj, v_proj]
+    assert adapters.unused_keys(vit_lora) == []
+    assert adapters.unused_keys(load_recipe(REPO / "recipes" / "vit" / "classify_lora.yaml", ["adapter.method=bitfit"])) == [
+        "adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules"]
 
 
 def test_gradual_unfreezing_opens_one_group_at_a_time_from_the_top():

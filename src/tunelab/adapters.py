@@ -94,7 +94,9 @@ def _check_lora_options(recipe: Recipe) -> None:
 def unused_keys(recipe: Recipe) -> list[str]:
     """Adapter keys the recipe sets that its method does not read (a LoRA recipe switched to bitfit keeps r)."""
     reads = {"method", "freeze", *KEYS.get(recipe.adapter.method, ())}
-    given = [path.removeprefix("adapter.") for path in recipe.origins if path.startswith("adapter.")]
+    # A list's items have origins of their own ("adapter.target_modules[0]"): the list is the key.
+    given = dict.fromkeys(path.removeprefix("adapter.").split("[")[0] for path in recipe.origins
+                          if path.startswith("adapter."))
     return [f"adapter.{key}" for key in given if "." not in key and key not in reads]
 
 
