@@ -216,3 +216,23 @@ def test_multi_crop_batches_hold_every_crop_crop_major():
     assert batch["global_crops"].shape == (6, 3, 48, 48) and batch["local_crops"].shape == (12, 3, 24, 24)
     assert batch["global_crops"].min() >= -1 and batch["global_crops"].max() <= 1
     assert not torch.equal(batch["global_crops"][0], batch["global_crops"][3])  # two different views of one picture
+
+
+def test_an_mae_built_from_a_config_knows_where_its_patches_are(vit_mae_default):
+    """transformers 5.23 builds ViTMAEForPreTraining with zero position tables that never train; vit.mae fills
+    them with MAE's sin-cos, equal to the lab's independent table and to the decoder's own initialize_weights,
+    and the embedded default carries them in its file."""
+    from transformers import ViTMAEForPreTraining
+
+    from tunelab.config import load_recipe
+    from tunelab.scratch.mae import sincos_positions_2d
+    from tunelab.vision import backbones
+
+    mae, _ = backbones.scratch(load_recipe(VIT / "mae_tiny.yaml"), "mae")
+    assert torch.equal(mae.vit.embeddings.position_embeddings[0], sincos_positions_2d(6, 128))
+    reference = ViTMAEForPreTraining(mae.config)
+    assert reference.decoder.decoder_pos_embed.abs().max() == 0  # the upstream behaviour this works around
+    reference.decoder.initialize_weights(36)
+    assert torch.equal(mae.decoder.decoder_pos_embed, reference.decoder.decoder_pos_embed)
+    saved = load_file(vit_mae_default / "model" / "model.safetensors")
+    assert torch.equal(saved["vit.embeddings.position_embeddings"][0], sincos_positions_2d(6, 128))

@@ -14,7 +14,8 @@ pixels. The loss counts the hidden patches only: copying a visible patch through
 Positions are fixed 2-D sin-cos tables, not learned. transformers keeps them as frozen nn.Parameters
 (requires_grad=False), so they sit in the state_dict under the names used here. Note: a ViTMAEForPreTraining
 built from a config (random init, transformers 5.x) leaves both tables at zero; only pretrained checkpoints,
-or the module's own initialize_weights(), carry the sin-cos values that this file builds at init.
+the decoder's own initialize_weights() and tunelab's vit.mae (vision.backbones.fill_sincos_positions) carry the
+sin-cos values that this file builds at init.
 """
 
 from dataclasses import dataclass, replace

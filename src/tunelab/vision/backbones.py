@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 import transformers
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, ViTConfig,
                           ViTForImageClassification, ViTMAEForPreTraining, ViTMAEModel, ViTModel)
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import logging as hf_logging
 
 from tunelab import checkpoints
@@ -54,7 +56,25 @@ def scratch(recipe: Recipe, stage: str, names: list[str] | None = None):
         raise UserError(f"{recipe.origin('model.scratch')}: model.scratch: {e}") from None
     model = {"mae": ViTMAEForPreTraining, "classify": ViTForImageClassification}.get(stage)
     built = model(config) if model else ViTModel(config, add_pooling_layer=False)
+    if stage == "mae":
+        fill_sincos_positions(built)
     return built, scratch_processor(config.image_size)
+
+
+@torch.no_grad()
+def fill_sincos_positions(mae: ViTMAEForPreTraining) -> None:
+    """Write MAE's fixed 2-D sin-cos position tables into a model built from a config. transformers 5.23 leaves
+    both at zero (its _init_weights zeroes the decoder's after __init__ filled it, and skips the encoder's once
+    the patch projection is marked initialised), and they never train (requires_grad=False): an MAE from scratch
+    would learn without knowing where any patch is, and its encoder would hand vit.classify no positions. The
+    layout is the one transformers' own initialize_weights writes (and the hub checkpoints hold): the h and w
+    halves swapped."""
+    grid = int(mae.vit.embeddings.patch_embeddings.num_patches ** 0.5)
+    for table in (mae.vit.embeddings.position_embeddings, mae.decoder.decoder_pos_embed):
+        sincos = build_2d_sinusoidal_position_embedding(height=grid, width=grid, embed_dim=table.shape[-1],
+                                                        cls_token=True)
+        half = sincos.shape[-1] // 2
+        table.copy_(torch.cat([sincos[..., half:], sincos[..., :half]], dim=-1).unsqueeze(0))
 
 
 def scratch_processor(image_size: int) -> ViTImageProcessorPil:
