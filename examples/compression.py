@@ -49,35 +49,46 @@ def compressed(root: Path, prefix: str) -> list[tuple[str, dict]]:
             if (p / "metrics.json").is_file()]
 
 
+def speeds(root: Path) -> dict | None:
+    """examples/compression_speed.py's figures (every model timed in one process), when it has been run."""
+    path = root / "speed.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def quantize_table(root: Path) -> list[str]:
-    runs = compressed(root, "quantize-")
+    runs, timed = compressed(root, "quantize-"), speeds(root)
     source = runs[0][1]["before"]
     lines = [row(["method", "weights on disk", "in memory", "generation tokens/s", *(n for _, n, _ in SCORES)]),
              row(["---"] + ["---:"] * (3 + len(SCORES))),
              row(["float32 (source)", f"{source['weights_mb']:.3g} MB", f"{source['weights_mb']:.3g} MB",
+                  f"{timed['source']:g}" if timed else
                   " / ".join(f"{c['before']['generate_tokens_per_second']:g}" for _, c in runs),
                   *scores(source["eval"])])]
     for name, c in runs:
         after = c["after"]
         memory = after.get("weights_in_memory_mb", after["weights_mb"])
-        lines.append(row([name, f"{after['weights_mb']:.3g} MB", f"{memory:.3g} MB",
-                          f"{after['generate_tokens_per_second']:g}", *scores(after["eval"])]))
-    return lines + ["", f"eval records: {runs[0][1]['eval_records']}; the source's speed was measured before each "
-                        f"method (one figure each)"]
+        speed = timed[f"quantize-{name}"] if timed else after["generate_tokens_per_second"]
+        lines.append(row([name, f"{after['weights_mb']:.3g} MB", f"{memory:.3g} MB", f"{speed:g}",
+                          *scores(after["eval"])]))
+    when = ("speeds from compression_speed.py (all in one process, median of 3)" if timed else
+            "the source's speed was measured before each method (one figure each)")
+    return lines + ["", f"eval records: {runs[0][1]['eval_records']}; {when}"]
 
 
 def prune_table(root: Path) -> list[str]:
-    runs = compressed(root, "prune-")
+    runs, timed = compressed(root, "prune-"), speeds(root)
     runs.sort(key=lambda r: (r[1]["method"], r[1]["settings"]["sparsity"]))
     source = runs[0][1]["before"]
     lines = [row(["pruning", "parameters", "weights on disk", "generation tokens/s", *(n for _, n, _ in SCORES)]),
              row(["---"] + ["---:"] * (3 + len(SCORES))),
              row(["none (source)", f"{source['total_params']:,}", f"{source['weights_mb']:.3g} MB",
-                  f"{source['generate_tokens_per_second']:g}", *scores(source["eval"])])]
-    for _, c in runs:
+                  f"{timed['source'] if timed else source['generate_tokens_per_second']:g}",
+                  *scores(source["eval"])])]
+    for name, c in runs:
         after = c["after"]
-        lines.append(row([c["label"], f"{after['total_params']:,}", f"{after['weights_mb']:.3g} MB",
-                          f"{after['generate_tokens_per_second']:g}", *scores(after["eval"])]))
+        speed = timed[f"prune-{name}"] if timed else after["generate_tokens_per_second"]
+        lines.append(row([c["label"], f"{after['total_params']:,}", f"{after['weights_mb']:.3g} MB", f"{speed:g}",
+                          *scores(after["eval"])]))
     return lines
 
 

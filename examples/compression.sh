@@ -2,7 +2,8 @@
 # The README's compression tables and docs/prune_curve.png: distillation, quantization and pruning on the tiny
 # default and on the real SmolLM2-135M-Instruct (about 2 hours on 2 CPU cores). Every command that is timed runs
 # under `flock /tmp/tunelab-bench.lock`, so that timed runs never overlap.
-# Then: .venv/bin/python examples/compression.py runs/compression
+# Each model's runs are then timed again in one process (examples/compression_speed.py), so that their speeds
+# are comparable. Then: .venv/bin/python examples/compression.py runs/compression
 # Only one part: examples/compression.sh tiny   or   examples/compression.sh smollm2
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ compress() {
                     --max-samples "$n" --overwrite; done
   for s in $6; do timed prune "$source" "$dir/prune-heads-$s" --sparsity "$s" --structured heads \
                     --max-samples "$n" --overwrite; done
+  flock /tmp/tunelab-bench.lock .venv/bin/python examples/compression_speed.py "$dir"
 }
 
 if [[ $PART == all || $PART == tiny ]]; then
@@ -37,5 +39,5 @@ if [[ $PART == all || $PART == smollm2 ]]; then
   timed train smollm2/distill_full --output-dir $ROOT/smollm2/distill-alone --overwrite train.alpha=0
   # The real-model demo's LoRA SFT run (JSON extraction): quantize and prune merge its adapter first.
   timed train smollm2/sft_lora --output-dir $ROOT/smollm2/sft_lora --overwrite
-  compress $ROOT/smollm2/sft_lora $ROOT/smollm2 24 "0.1 0.3 0.5" "0.25 0.5" "0.34"
+  compress $ROOT/smollm2/sft_lora $ROOT/smollm2 16 "0.3 0.5" "0.25 0.5" "0.34"
 fi
