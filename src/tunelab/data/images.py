@@ -37,12 +37,7 @@ def read_image_captions(path: str | Path) -> Records:
                         f"(use .jsonl or .csv with columns 'image' and 'caption')")
     records = read_records(str(path))
     base = path.resolve().parent
-    if path.suffix == ".csv":  # a missing column is a header mistake: say so once, at line 1
-        missing = [c for c in ("image", "caption") if c not in records.rows[0]]
-        if missing:
-            found = ", ".join(repr(k) for k in records.rows[0] if k is not None) or "none"
-            raise UserError(f"{path}:1: the header has no {missing[0]!r} column (found {found}; expected "
-                            f"'image', a path relative to the data file, and 'caption')")
+    check_csv_header(path, records, ("image", "caption"), "'image', a path relative to the data file, and 'caption'")
     rows = []
     for i, row in enumerate(records.rows):
         where = records.where(i)
@@ -82,6 +77,16 @@ def read_image_folder(root: str | Path) -> Records:
         raise UserError(f"{root}: found {len(classes)} class folder(s){hint} (zero-shot evaluation needs at least "
                         f"two classes: one subfolder per class, images inside)")
     return Records(rows, str(root), [None] * len(rows))
+
+
+def check_csv_header(path: Path, records: Records, wanted: tuple[str, ...], expected: str) -> None:
+    """A column missing from a CSV's header is one mistake: say so once, at line 1, not on every record."""
+    if path.suffix != ".csv":
+        return
+    missing = [c for c in wanted if c not in records.rows[0]]
+    if missing:
+        found = ", ".join(repr(k) for k in records.rows[0] if k is not None) or "none"
+        raise UserError(f"{path}:1: the header has no {missing[0]!r} column (found {found}; expected {expected})")
 
 
 def read_builtin(spec: str, fmt: str, choices: str) -> Records:
@@ -223,12 +228,7 @@ def read_image_labels(spec: str, need_labels: bool = True) -> Records:
     records = read_records(spec)
     base = path.resolve().parent
     wanted = ("image", "label") if need_labels else ("image",)
-    if path.suffix == ".csv":  # a missing column is a header mistake: say so once, at line 1
-        missing = [c for c in wanted if c not in records.rows[0]]
-        if missing:
-            found = ", ".join(repr(k) for k in records.rows[0] if k is not None) or "none"
-            raise UserError(f"{path}:1: the header has no {missing[0]!r} column (found {found}; expected 'image', a "
-                            f"path relative to the data file, and 'label', the class name)")
+    check_csv_header(path, records, wanted, "'image', a path relative to the data file, and 'label', the class name")
     rows = []
     for i, row in enumerate(records.rows):
         where = records.where(i)

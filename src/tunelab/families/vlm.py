@@ -244,8 +244,9 @@ def load_run(run_dir: str | Path, merge: bool = False) -> tuple:
 
 
 def base_model_of(run_dir: str | Path) -> tuple:
-    transformers.set_seed(checkpoints.run_recipe(run_dir).train.get("seed", 0))  # a pretrain run's fresh projector
-    model, processor = load_model(checkpoints.run_recipe(run_dir).model)
+    recipe = checkpoints.run_recipe(run_dir)
+    transformers.set_seed(recipe.train.get("seed", 0))  # a pretrain run's fresh projector
+    model, processor = load_model(recipe.model)
     return model.eval(), processor
 
 
